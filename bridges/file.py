@@ -1,0 +1,95 @@
+"""file: bridge: a clip (.npy, video, image folder) as a Source, and a ClipWriter as a Sink."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import numpy as np
+
+from engine.clip_io import ClipWriter, iter_clip
+from engine.errors import DreamwireError
+from engine.frames import Frame
+
+
+class FileSource:
+    """Reads a clip; paced drift-free at `fps` (None or 0 = as fast as the reader asks); `loop` restarts at the end."""
+
+    def __init__(self, path: str | os.PathLike[str], fps: float | None = None, loop: bool = False) -> None:
+        if fps is not None and (fps < 0 or not math.isfinite(fps)):
+            raise DreamwireError(f"file source fps={fps} is invalid: use a rate > 0, or omit it for unpaced")
+        self.path = Path(path)
+        self.fps = fps or None
+        self.loop = loop
+        self._frames: Generator[np.ndarray, None, None] | None = None
+        self._index = 0  # keeps counting across loops and re-opens
+        self._clock_start = 0.0  # perf_counter seconds when frame _clock_index was due
+        self._clock_index = 0
+
+    @property
+    def name(self) -> str:
+        return f"file:{self.path}"
+
+    def open(self) -> None:
+        self.close()
+        self._frames = iter_clip(self.path)  # validates now: a bad clip raises here
+        self._clock_start, self._clock_index = time.perf_counter(), self._index
+
+    def read(self) -> Frame | None:
+        if self._frames is None:
+            raise DreamwireError(f"file source {self.path}: read() before open()")
+        image = next(self._frames, None)
+        if image is None and self.loop:
+            self._frames.close()
+            self._frames = iter_clip(self.path)
+            image = next(self._frames, None)  # still None only for a clip that became empty
+        if image is None:
+            return None
+        if self.fps:
+            due = self._clock_start + (self._index - self._clock_index) / self.fps
+            now = time.perf_counter()
+            if now < due:
+                time.sleep(due - now)
+            elif now - due > 1.0:  # reader stalled: restart the clock rather than burst to catch up
+                self._clock_start, self._clock_index = now, self._index
+        frame = Frame(image=image, index=self._index, capture_time=time.perf_counter())
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        if self._frames is not None:
+            self._frames.close()  # closes a video container
+            self._frames = None
+
+
+class FileSink:
+    """Writes frames to a clip via ClipWriter; close() finishes the file.
+
+    Re-opening after close() starts the file over (the io_threads worker does that after a write error).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fps: float = 30.0) -> None:
+        self.path = Path(path)
+        self.fps = fps
+        self._writer: ClipWriter | None = None
+
+    @property
+    def name(self) -> str:
+        return f"file:{self.path}"
+
+    def open(self) -> None:
+        self.close()
+        self._writer = ClipWriter(self.path, fps=self.fps)
+
+    def write(self, frame: Frame) -> None:
+        if self._writer is None:
+            raise DreamwireError(f"file sink {self.path}: write() before open()")
+        self._writer.write(frame.image)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()

@@ -1,0 +1,211 @@
+"""One thread per bridge: a SourceWorker feeds a latest-frame slot, a SinkWorker drains one.
+
+The bridge is only ever touched from its worker thread (open, read/write, close), which platform bridges need
+(Spout's GL context is per thread). A failing bridge never stops the engine: the error is logged once per streak,
+the bridge is closed and re-opened with exponential backoff, and the counters say what happened.
+
+Engine loop sketch:
+    src_slot, out_slot = LatestFrameSlot[Frame](), LatestFrameSlot[Frame]()
+    source, sink = SourceWorker(open_source(uri_in), src_slot), SinkWorker(open_sink(uri_out), out_slot)
+    source.start(); sink.start()
+    while not source.finished.is_set():
+        frame = src_slot.get(timeout=0.1)
+        if frame is not None:
+            out_slot.put(Frame(step(frame.image), frame.index, frame.capture_time))
+    source.stop(); sink.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from bridges.base import Sink, Source
+from engine.frames import Frame
+from engine.slot import LatestFrameSlot
+
+log = logging.getLogger(__name__)
+
+
+class _BridgeWorker:
+    """The retry machinery shared by both workers; subclasses implement _step()."""
+
+    kind = "bridge"
+
+    def __init__(self, bridge: Source | Sink, backoff_start: float = 0.1, backoff_max: float = 5.0) -> None:
+        self._bridge = bridge
+        self._backoff_start, self._backoff_max = backoff_start, backoff_max  # seconds
+        self._delay = backoff_start
+        self._frames = self._errors = self._restarts = 0
+        self._streak = 0  # consecutive failures since the last frame that went through
+        self._opened = False
+        self._op = "open"  # what the bridge was doing, for the log line
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"dreamwire-{self.kind}-{bridge.name}", daemon=True)
+
+    @property
+    def frames(self) -> int:
+        """Frames read (source) or written (sink)."""
+        return self._frames
+
+    @property
+    def errors(self) -> int:
+        """Exceptions raised by the bridge's open/read/write."""
+        return self._errors
+
+    @property
+    def restarts(self) -> int:
+        """Re-open attempts after a failure."""
+        return self._restarts
+
+    @property
+    def failing(self) -> bool:
+        """True while the bridge is in a failure streak (no frame has gone through since the last error)."""
+        return self._streak > 0
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread (once per worker)."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Ask the thread to finish, which closes the bridge (files are complete); wait up to `timeout` s.
+
+        Returns False (and warns) if the thread is still blocked in the bridge after the timeout.
+        """
+        self._stopping.set()
+        if not self._thread.is_alive():
+            return True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning(
+                "%s %s: did not stop within %.1f s (blocked in %s)", self.kind, self._bridge.name, timeout, self._op
+            )
+            return False
+        return True
+
+    def _step(self) -> bool:
+        """Move one frame; False ends the thread. Raises whatever the bridge raises."""
+        raise NotImplementedError
+
+    def _before_close(self) -> None:
+        """Last chance to use the open bridge when stopping (the sink writes its last frame)."""
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if not self._opened:
+                        self._op = "open"
+                        if self._streak:
+                            self._restarts += 1
+                        self._bridge.open()
+                        self._opened = True
+                    if not self._step():
+                        break
+                except Exception as e:  # any bridge failure: log once per streak, close, back off, re-open
+                    self._failed(e)
+            if self._opened:
+                self._before_close()
+        finally:
+            if self._opened:
+                self._close_bridge(final=True)
+
+    def _succeeded(self) -> None:
+        self._frames += 1
+        if self._streak:
+            log.info("%s %s: recovered after %d error(s)", self.kind, self._bridge.name, self._streak)
+            self._streak = 0
+            self._delay = self._backoff_start
+
+    def _failed(self, error: Exception) -> None:
+        self._errors += 1
+        if not self._streak:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            log.warning(
+                "%s %s: %s failed (%s: %s); closing it and retrying with backoff",
+                self.kind,
+                self._bridge.name,
+                self._op,
+                type(error).__name__,
+                message,
+            )
+            log.debug("%s %s: %s traceback", self.kind, self._bridge.name, self._op, exc_info=error)
+        self._streak += 1
+        self._close_bridge()
+        self._stopping.wait(self._delay)  # stop() interrupts the backoff
+        self._delay = min(self._delay * 2.0, self._backoff_max)
+
+    def _close_bridge(self, final: bool = False) -> None:
+        """Close even after a failed open() (it may have half-succeeded); bridges make close() idempotent."""
+        self._opened = False
+        try:
+            self._bridge.close()
+        except Exception as e:  # a failing close must not kill the worker; the next open() starts fresh
+            level = logging.WARNING if final else logging.DEBUG  # final: a file may be incomplete, say so
+            log.log(level, "%s %s: close failed (%s: %s)", self.kind, self._bridge.name, type(e).__name__, e)
+
+
+class SourceWorker(_BridgeWorker):
+    """Reads `source` in its own thread and puts every frame in `slot` (latest wins).
+
+    `finished` is set when the source reports the end of its stream (read() returned None); the thread then ends.
+    """
+
+    kind = "source"
+
+    def __init__(
+        self, source: Source, slot: LatestFrameSlot[Frame], backoff_start: float = 0.1, backoff_max: float = 5.0
+    ) -> None:
+        super().__init__(source, backoff_start, backoff_max)
+        self._source = source
+        self._slot = slot
+        self.finished = threading.Event()
+
+    def _step(self) -> bool:
+        self._op = "read"
+        frame = self._source.read()
+        if frame is None:
+            log.info("source %s: end of stream after %d frames", self._source.name, self._frames)
+            self.finished.set()
+            return False
+        self._slot.put(frame)
+        self._succeeded()
+        return True
+
+
+class SinkWorker(_BridgeWorker):
+    """Takes the newest frame from `slot` and writes it to `sink` in its own thread; a slow sink drops, never lags."""
+
+    kind = "sink"
+
+    def __init__(
+        self, sink: Sink, slot: LatestFrameSlot[Frame], backoff_start: float = 0.1, backoff_max: float = 5.0
+    ) -> None:
+        super().__init__(sink, backoff_start, backoff_max)
+        self._sink = sink
+        self._slot = slot
+
+    def _step(self) -> bool:
+        frame = self._slot.get(timeout=0.1)  # seconds: bounds how long stop() waits for this thread
+        if frame is not None:
+            self._write(frame)
+        return True
+
+    def _write(self, frame: Frame) -> None:
+        self._op = "write"
+        self._sink.write(frame)
+        self._succeeded()
+
+    def _before_close(self) -> None:
+        frame = self._slot.get(timeout=0)  # a frame put just before stop() still reaches the file
+        if frame is None:
+            return
+        try:
+            self._write(frame)
+        except Exception as e:  # stopping anyway: report, then close
+            self._errors += 1
+            log.warning("sink %s: last write failed (%s: %s)", self._sink.name, type(e).__name__, e)

@@ -1,0 +1,155 @@
+"""Model loading: a Hugging Face id, a local diffusers folder, or the built-in `tiny` model.
+
+Components load one by one (unet, vae, text_encoder, tokenizer, scheduler config) so no safety checker
+or unused part is ever built. A missing model is one clear paragraph, never a traceback wall.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import ModelConfig
+from engine.errors import DreamwireError
+from engine.tiny import TINY_MODEL_ID, TINY_VAE_ID
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Models:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: Any
+    scheduler_config: dict[str, Any]
+    device: torch.device
+    dtype: torch.dtype
+
+    @torch.no_grad()
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        """text → CLIP last hidden state [1, L, D] (L = the tokenizer's model_max_length, 77 for SD)."""
+        tokens = self.tokenizer(
+            text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        hidden = self.text_encoder(tokens.input_ids.to(self.device))[0]
+        return hidden.to(self.dtype)
+
+
+def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """`auto` is cuda with float16 where a GPU is present, else cpu with float32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DreamwireError(f"model.device {device!r}: no CUDA device is available here (use cpu or auto)")
+    if dtype == "auto":
+        dtype = "float16" if device.startswith("cuda") else "float32"
+    return torch.device(device), _DTYPES[dtype]
+
+
+def _looks_like_path(model_id: str) -> bool:
+    return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).expanduser().exists()
+
+
+def _missing_model(model_id: str, what: str, error: Exception) -> DreamwireError:
+    return DreamwireError(
+        f"Could not load the {what} {model_id!r}: it is not a local folder and is not in the Hugging Face cache, "
+        f"and downloading it failed ({type(error).__name__}). Either connect to the network once so it can be "
+        f"cached, or download it elsewhere and point at the folder, e.g. `--set model.id=/path/to/sd-turbo` "
+        f"(a diffusers folder with unet/, vae/, text_encoder/, tokenizer/, scheduler/). The built-in `tiny` "
+        f"model runs offline: `--preset offline-demo`."
+    )
+
+
+def _from_pretrained(cls: Any, model_id: str, what: str, **kwargs: Any) -> Any:
+    """Load from a folder, else from the local cache, else from the hub; errors become one paragraph."""
+    if _looks_like_path(model_id):
+        folder = Path(model_id).expanduser()
+        if not folder.is_dir():
+            raise DreamwireError(f"{what} folder not found: {model_id!r}")
+        try:
+            return cls.from_pretrained(str(folder), **kwargs)
+        except (OSError, ValueError) as error:
+            raise DreamwireError(f"{what} folder {model_id!r} is not a diffusers model folder: {error}") from error
+    try:
+        return cls.from_pretrained(model_id, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    try:
+        return cls.from_pretrained(model_id, **kwargs)
+    except Exception as error:  # hub/network errors come in many types; all mean "not available"
+        raise _missing_model(model_id, what, error) from error
+
+
+def _load_vae(vae_id: str, dtype: torch.dtype) -> torch.nn.Module:
+    """A VAE by id or folder: AutoencoderKL or AutoencoderTiny, as its config's _class_name says."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    if vae_id == TINY_VAE_ID:
+        from engine.tiny import build_taesd
+
+        return build_taesd().to(dtype)
+    config = _from_pretrained(_ConfigOnly(AutoencoderTiny), vae_id, "VAE")
+    cls = AutoencoderKL if config.get("_class_name") == "AutoencoderKL" else AutoencoderTiny
+    return _from_pretrained(cls, vae_id, "VAE", torch_dtype=dtype)
+
+
+def _build_tiny(dtype: torch.dtype) -> Models:
+    from engine import tiny
+
+    tokenizer = tiny.build_tokenizer()
+    return Models(
+        unet=tiny.build_unet().to(dtype),
+        vae=tiny.build_vae().to(dtype),
+        text_encoder=tiny.build_text_encoder(tokenizer).to(dtype),
+        tokenizer=tokenizer,
+        scheduler_config=tiny.scheduler_config(),
+        device=torch.device("cpu"),
+        dtype=dtype,
+    )
+
+
+def load_models(config: ModelConfig) -> Models:
+    device, dtype = resolve_device(config.device, config.dtype)
+    if config.id == TINY_MODEL_ID:
+        models = _build_tiny(dtype)
+    else:
+        from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        models = Models(
+            unet=_from_pretrained(UNet2DConditionModel, config.id, "model", subfolder="unet", torch_dtype=dtype),
+            vae=_from_pretrained(AutoencoderKL, config.id, "model", subfolder="vae", torch_dtype=dtype),
+            text_encoder=_from_pretrained(
+                CLIPTextModel, config.id, "model", subfolder="text_encoder", torch_dtype=dtype
+            ),
+            tokenizer=_from_pretrained(CLIPTokenizer, config.id, "model", subfolder="tokenizer"),
+            scheduler_config=dict(
+                _from_pretrained(_ConfigOnly(LCMScheduler), config.id, "model", subfolder="scheduler")
+            ),
+            device=device,
+            dtype=dtype,
+        )
+    if config.vae is not None:
+        models.vae = _load_vae(config.vae, dtype)
+    for module in (models.unet, models.vae, models.text_encoder):
+        module.to(device).eval().requires_grad_(False)
+    models.device = device
+    log.info("loaded model %s (vae %s) on %s as %s", config.id, config.vae or "built-in", device, dtype)
+    return models
+
+
+class _ConfigOnly:
+    """Reads a component's config alone (ConfigMixin.load_config) through the same loading rules."""
+
+    def __init__(self, config_cls: Any) -> None:
+        self.config_cls = config_cls
+
+    def from_pretrained(self, model_id: str, **kwargs: Any) -> dict[str, Any]:
+        return dict(self.config_cls.load_config(model_id, **kwargs))

@@ -1,0 +1,94 @@
+"""The parameter registry: one table (name, type, range or choices, default, doc, live or rebuild),
+read off the preset schema in engine/config.py. Presets, OSC, OSCQuery, errors and the README table
+all come from here."""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel
+
+from engine.config import Preset
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    path: str  # dotted, e.g. "prompt.guidance"; the OSC address is "/" + path with "/" for "."
+    kind: str  # "int", "float", "bool", "str", "enum", "list[int]", "list[str]", "str|null"
+    default: Any
+    doc: str
+    live: bool
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def allowed(self) -> str:
+        """The allowed values, for error messages and docs."""
+        if self.choices:
+            return ", ".join(self.choices)
+        if self.minimum is not None or self.maximum is not None:
+            return f"{self.kind} in [{_num(self.minimum)}, {_num(self.maximum)}]"
+        return self.kind
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "…"
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _kind(annotation: Any) -> tuple[str, tuple[str, ...]]:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "enum", tuple(str(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return f"{_kind(inner[0])[0]}|null", ()
+    if origin is list:
+        return f"list[{_kind(typing.get_args(annotation)[0])[0]}]", ()
+    return getattr(annotation, "__name__", str(annotation)), ()
+
+
+def _bounds(field: Any) -> tuple[float | None, float | None]:
+    low = high = None
+    for item in field.metadata:
+        low = getattr(item, "ge", None) if getattr(item, "ge", None) is not None else low
+        high = getattr(item, "le", None) if getattr(item, "le", None) is not None else high
+    return low, high
+
+
+@cache
+def registry() -> dict[str, ParamSpec]:
+    specs: dict[str, ParamSpec] = {}
+    for section_name, section_field in Preset.model_fields.items():
+        section: type[BaseModel] = section_field.annotation  # type: ignore[assignment]
+        for name, field in section.model_fields.items():
+            kind, choices = _kind(field.annotation)
+            low, high = _bounds(field)
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            specs[f"{section_name}.{name}"] = ParamSpec(
+                path=f"{section_name}.{name}",
+                kind=kind,
+                default=field.get_default(call_default_factory=True),
+                doc=field.description or "",
+                live=bool(extra.get("live", False)),
+                minimum=low,
+                maximum=high,
+                choices=choices,
+            )
+    return specs
+
+
+def markdown_table() -> str:
+    """The README's parameter table."""
+    rows = ["| parameter | type / allowed | default | live | description |", "|---|---|---|---|---|"]
+    for spec in registry().values():
+        rows.append(
+            f"| `{spec.path}` | {spec.allowed()} | `{spec.default!r}` | {'live' if spec.live else 'rebuild'} "
+            f"| {spec.doc} |"
+        )
+    return "\n".join(rows)

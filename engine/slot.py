@@ -1,0 +1,68 @@
+"""Latest-wins hand-over between two threads: one slot, never a queue, so a slow consumer drops frames, not lags."""
+
+from __future__ import annotations
+
+import threading
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class LatestFrameSlot(Generic[T]):
+    """Holds the newest item; `put` overwrites, `get` waits for something newer than what it last took.
+
+    Any number of producers and one consumer (several consumers would share the "taken" mark).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: T | None = None
+        self._seq = 0  # number of items ever put; the newest item has this sequence number
+        self._taken = 0  # sequence number of the last item handed out by get()
+        self._dropped = 0
+        self._closed = False
+
+    def put(self, item: T) -> None:
+        """Store `item` as the newest; an unconsumed older item is dropped and counted. No-op after close()."""
+        with self._cond:
+            if self._closed:
+                return
+            if self._seq > self._taken:
+                self._dropped += 1
+            self._item = item
+            self._seq += 1
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> T | None:
+        """Block until an item newer than the last one taken exists and take it.
+
+        timeout: seconds (None waits forever, 0 polls). Returns None on timeout or once the slot is closed.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._seq > self._taken, timeout)
+            if self._closed or self._seq == self._taken:
+                return None
+            self._taken = self._seq
+            return self._item
+
+    def peek_latest(self) -> T | None:
+        """The newest item ever put (taken or not), without consuming it; None if nothing was put yet."""
+        with self._cond:
+            return self._item
+
+    def close(self) -> None:
+        """Wake every waiter; later get() calls return None and later put() calls are ignored."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def dropped(self) -> int:
+        """How many items were overwritten before anyone took them."""
+        with self._cond:
+            return self._dropped
+
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed

@@ -1,0 +1,162 @@
+"""Timed transitions, so a cue can morph a parameter (a float, an embedding, a noise tensor) rather than cut.
+
+The engine thread owns a TransitionSet: control handlers call start(), and step() calls advance() once per frame
+and applies the returned values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Literal, TypeAlias
+
+import torch
+
+__all__ = ["Easing", "Interp", "Transition", "TransitionSet", "Value", "ease", "lerp"]
+
+Value: TypeAlias = float | torch.Tensor
+# interp(start, target, t) with t in [0, 1]; blending.slerp fits (functools.partial(slerp, dim=None) for noise).
+Interp: TypeAlias = Callable[[Value, Value, float], Value]
+Easing: TypeAlias = Literal["linear", "smoothstep"]
+
+_EASINGS: tuple[str, ...] = ("linear", "smoothstep")
+# advance() returns this when nothing is active: read-only, shared, so an idle frame allocates nothing.
+_NOTHING: Mapping[str, Value] = MappingProxyType({})
+
+
+def lerp(start: Value, target: Value, t: float) -> Value:
+    """Linear interpolation for floats and tensors."""
+    return start + (target - start) * t
+
+
+def ease(kind: Easing, p: float) -> float:
+    """Map linear progress p in [0, 1] to eased progress; 0 -> 0 and 1 -> 1 exactly."""
+    if kind == "smoothstep":
+        return p * p * (3.0 - 2.0 * p)
+    return p
+
+
+class Transition:
+    """One value moving from `start` to `target` over `seconds` or `frames` (exactly one, >= 0; 0 = cut).
+
+    The clock starts at the anchor (start_s / start_frame, where the value equals `start`); without one it starts
+    at the first value_at() call, which then returns `start`. value_at() returns `start` itself at progress 0 and
+    `target` itself (not an interpolation) from progress 1 on, after which `done` is True.
+    """
+
+    __slots__ = ("_ease", "_frames", "_interp", "_seconds", "_t0", "current", "done", "start", "target")
+
+    def __init__(
+        self,
+        start: Value,
+        target: Value,
+        *,
+        seconds: float | None = None,
+        frames: int | None = None,
+        ease: Easing = "linear",
+        interp: Interp = lerp,
+        start_s: float | None = None,
+        start_frame: int | None = None,
+    ) -> None:
+        if (seconds is None) == (frames is None):
+            raise ValueError(f"give exactly one of seconds or frames, got seconds={seconds}, frames={frames}")
+        if seconds is not None and not (math.isfinite(seconds) and seconds >= 0.0):
+            raise ValueError(f"transition seconds must be finite and >= 0, got {seconds}")
+        if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 0):
+            raise ValueError(f"transition frames must be an int >= 0, got {frames!r}")
+        if ease not in _EASINGS:
+            raise ValueError(f"transition ease must be one of {_EASINGS}, got {ease!r}")
+        self.start = start
+        self.target = target
+        self._seconds = seconds
+        self._frames = frames
+        self._ease: Easing = ease
+        self._interp = interp
+        # Anchor in the unit that drives progress: seconds or frame number; None until known.
+        anchor = start_s if seconds is not None else start_frame
+        self._t0: float | None = None if anchor is None else float(anchor)
+        self.current: Value = start  # the value last returned by value_at() (start before the first call)
+        self.done = False
+
+    def value_at(self, now_s: float, frame: int) -> Value:
+        """The value at time now_s (seconds, any monotonic clock) / output frame number `frame`."""
+        if self.done:
+            return self.target
+        now = now_s if self._seconds is not None else float(frame)
+        if self._t0 is None:
+            self._t0 = now
+        duration = self._seconds if self._seconds is not None else self._frames
+        p = 1.0 if duration == 0 else min(max((now - self._t0) / duration, 0.0), 1.0)
+        if p >= 1.0:
+            self.done = True
+            self.current = self.target
+        elif p > 0.0:
+            self.current = self._interp(self.start, self.target, ease(self._ease, p))
+        return self.current
+
+
+class TransitionSet:
+    """Active transitions keyed by parameter name; owned by the engine thread (not thread-safe)."""
+
+    __slots__ = ("_active", "_last_frame", "_last_s")
+
+    def __init__(self) -> None:
+        self._active: dict[str, Transition] = {}
+        self._last_s: float | None = None  # time / frame of the last advance(): where current values were applied
+        self._last_frame: int | None = None
+
+    def start(
+        self,
+        name: str,
+        start: Value,
+        target: Value,
+        seconds: float | None = None,
+        frames: int | None = None,
+        ease: Easing = "linear",
+        interp: Interp = lerp,
+    ) -> None:
+        """Begin moving `name` to `target`.
+
+        If `name` is mid-transition, `start` is ignored and the move begins from its current interpolated value
+        (the one last applied), so a retarget never jumps. The clock starts at the last advance() (when the value
+        last applied was `start`), so the very next frame already moves; before any advance() it starts at the next.
+        """
+        running = self._active.get(name)
+        if running is not None:
+            start = running.current
+        self._active[name] = Transition(
+            start,
+            target,
+            seconds=seconds,
+            frames=frames,
+            ease=ease,
+            interp=interp,
+            start_s=self._last_s,
+            start_frame=self._last_frame,
+        )
+
+    def advance(self, now_s: float, frame: int) -> Mapping[str, Value]:
+        """Values to apply this frame, {name: value}, for every active transition; finished ones (which return
+        exactly their target on their last frame) are dropped afterwards. Read-only, shared and empty when idle."""
+        self._last_s = now_s
+        self._last_frame = frame
+        if not self._active:
+            return _NOTHING
+        values = {name: tr.value_at(now_s, frame) for name, tr in self._active.items()}
+        if any(tr.done for tr in self._active.values()):
+            self._active = {name: tr for name, tr in self._active.items() if not tr.done}
+        return values
+
+    def cancel(self, name: str) -> None:
+        """Stop a transition where it is (no value is applied for it)."""
+        self._active.pop(name, None)
+
+    def clear(self) -> None:
+        self._active.clear()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._active
+
+    def __len__(self) -> int:
+        return len(self._active)

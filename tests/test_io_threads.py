@@ -1,0 +1,192 @@
+"""Bridge workers: a slow sink drops instead of lagging, a failing sink is retried (logged once per streak)
+without disturbing a healthy one, and stop() closes the bridge so files are complete."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from bridges.file import FileSink, FileSource
+from bridges.pattern import PatternSource, pattern_image
+from engine.clip_io import ClipWriter
+from engine.frames import Frame
+from engine.io_threads import SinkWorker, SourceWorker
+from engine.slot import LatestFrameSlot
+
+_IMAGE = np.zeros((8, 8, 3), np.uint8)
+
+
+def _frame(i: int) -> Frame:
+    return Frame(image=_IMAGE, index=i, capture_time=time.perf_counter())
+
+
+class RecordingSink:
+    """Test sink: optional delay per write, a failure every `fail_every` writes, `open_failures` failed opens."""
+
+    def __init__(self, name="rec", delay=0.0, fail_every=0, open_failures=0):
+        self.name = name
+        self.delay, self.fail_every, self.open_failures = delay, fail_every, open_failures
+        self.received: list[int] = []
+        self.writes = self.opens = self.closes = 0
+        self.got = threading.Condition()
+
+    def open(self):
+        self.opens += 1
+        if self.opens <= self.open_failures:
+            raise OSError(f"device busy (attempt {self.opens})")
+
+    def write(self, frame):
+        self.writes += 1
+        if self.fail_every and self.writes % self.fail_every == 0:
+            raise RuntimeError("connection lost\nsecond line that must not be logged")
+        time.sleep(self.delay)
+        with self.got:
+            self.received.append(frame.index)
+            self.got.notify_all()
+
+    def close(self):
+        self.closes += 1
+
+    def wait_for(self, index, timeout=2.0):
+        """Wait until frame `index` (or a newer one: a failed write loses its frame) was received."""
+        with self.got:
+            return self.got.wait_for(lambda: bool(self.received) and self.received[-1] >= index, timeout)
+
+
+def _warnings(caplog, needle):
+    return [r for r in caplog.records if r.levelno == logging.WARNING and needle in r.getMessage()]
+
+
+def test_slow_sink_gets_the_newest_frame_and_drops_the_rest():
+    slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    sink = RecordingSink(delay=0.05)
+    worker = SinkWorker(sink, slot)
+    worker.start()
+    for i in range(100):
+        slot.put(_frame(i))
+        time.sleep(0.001)
+    last_put = time.perf_counter()
+    assert sink.wait_for(99, timeout=2.0)
+    lag = time.perf_counter() - last_put
+    worker.stop()
+    assert sink.received[-1] == 99
+    assert len(sink.received) < 50  # ~2 ms of puts per 50 ms write: most frames are dropped, not queued
+    assert len(sink.received) + slot.dropped == 100  # every frame was either written or counted as dropped
+    assert sink.received == sorted(sink.received)
+    assert lag < 0.5  # at most about one write behind, not 100 x 50 ms
+
+
+def test_failing_sink_is_retried_logged_once_per_streak_and_healthy_sink_unaffected(caplog):
+    caplog.set_level(logging.INFO, logger="engine.io_threads")
+    flaky_slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    busy_slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    healthy_slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    flaky, busy, healthy = RecordingSink("flaky", fail_every=3), RecordingSink("busy", open_failures=2), RecordingSink()
+    workers = [
+        SinkWorker(flaky, flaky_slot, backoff_start=0.005),
+        SinkWorker(busy, busy_slot, backoff_start=0.005),
+        SinkWorker(healthy, healthy_slot, backoff_start=0.005),
+    ]
+    for w in workers:
+        w.start()
+    for i in range(60):
+        for slot in (flaky_slot, busy_slot, healthy_slot):
+            slot.put(_frame(i))
+        assert healthy.wait_for(i, timeout=1.0)  # the healthy sink never waits on the failing ones
+        assert healthy.received[-1] == i
+        time.sleep(0.003)
+    assert flaky.wait_for(57) and busy.wait_for(59)  # both keep receiving up to the newest frames
+    for w in workers:
+        assert w.stop(timeout=1.0)
+    flaky_worker, busy_worker, healthy_worker = workers
+
+    assert healthy.received == list(range(60))
+    assert healthy_worker.errors == 0 and healthy_worker.restarts == 0
+
+    # every 3rd write fails, then a write succeeds: each failure is its own streak, logged once, re-opened
+    assert flaky_worker.errors >= 5
+    assert flaky_worker.restarts in (flaky_worker.errors - 1, flaky_worker.errors)  # stop() may cut the last one
+    assert flaky.opens == flaky_worker.restarts + 1
+    flaky_logs = _warnings(caplog, "sink flaky: write failed")
+    assert len(flaky_logs) == flaky_worker.errors
+    assert "RuntimeError: connection lost" in flaky_logs[0].getMessage()
+    assert "second line" not in caplog.text
+
+    # two failed opens in a row are one streak: one warning, then frames flow
+    assert busy_worker.errors == 2 and busy_worker.restarts == 2 and busy.opens == 3
+    assert len(_warnings(caplog, "sink busy: open failed")) == 1
+    assert "sink busy: recovered after 2 error(s)" in caplog.text
+    assert len(busy.received) >= 10
+    assert not busy_worker.failing
+
+
+def test_stop_interrupts_backoff_and_closes():
+    sink = RecordingSink(open_failures=10**6)
+    worker = SinkWorker(sink, LatestFrameSlot(), backoff_start=30.0)
+    worker.start()
+    time.sleep(0.05)
+    start = time.perf_counter()
+    assert worker.stop(timeout=1.0)
+    assert time.perf_counter() - start < 0.5
+    assert not worker.alive and sink.closes >= 1
+
+
+def test_stop_closes_a_file_sink_and_writes_the_last_frame(tmp_path):
+    path = tmp_path / "out.npy"
+    slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    worker = SinkWorker(FileSink(path, fps=10), slot)
+    worker.start()
+    deadline = time.perf_counter() + 2.0
+    for i in range(4):
+        slot.put(Frame(pattern_image(i, 16, 16), i, 0.0))
+        while worker.frames <= i and time.perf_counter() < deadline:
+            time.sleep(0.002)
+    slot.put(Frame(pattern_image(4, 16, 16), 4, 0.0))  # may still be in the slot when stop() comes
+    assert worker.stop(timeout=2.0)
+    stored = np.load(path)  # complete and renamed into place only by close()
+    assert stored.shape == (5, 16, 16, 3)
+    np.testing.assert_allclose(stored[-1], pattern_image(4, 16, 16) / 255.0, atol=1e-6)
+
+
+def test_source_worker_reads_a_clip_to_the_end(tmp_path):
+    path = tmp_path / "clip.npy"
+    with ClipWriter(path) as writer:
+        for i in range(5):
+            writer.write(pattern_image(i, 16, 16))
+    slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    worker = SourceWorker(FileSource(path), slot)
+    worker.start()
+    assert worker.finished.wait(2.0)
+    assert worker.stop(timeout=1.0)
+    assert worker.frames == 5
+    last = slot.peek_latest()
+    assert last is not None and last.index == 4
+    assert np.array_equal(last.image, pattern_image(4, 16, 16))
+
+
+class FlakySource(PatternSource):
+    def __init__(self):
+        super().__init__(width=8, height=8, fps=0, name="flaky-pattern")
+        self.reads = 0
+
+    def read(self):
+        self.reads += 1
+        if self.reads == 3:
+            raise OSError("camera unplugged")
+        return super().read()
+
+
+def test_source_worker_recovers_from_a_read_error(caplog):
+    slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    worker = SourceWorker(FlakySource(), slot, backoff_start=0.005)
+    worker.start()
+    deadline = time.perf_counter() + 2.0
+    while worker.frames < 20 and time.perf_counter() < deadline:
+        time.sleep(0.005)
+    assert worker.stop(timeout=1.0)
+    assert worker.frames >= 20 and worker.errors == 1 and worker.restarts == 1
+    assert len(_warnings(caplog, "source flaky-pattern: read failed (OSError: camera unplugged)")) == 1
+    assert not worker.finished.is_set()
