@@ -2,22 +2,57 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
 
-def to_model_input(frames: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """frames: (f, H, W, 3) uint8, or float in [0, 1] → [f, 3, H, W] in [−1, 1] on the device."""
-    tensor = torch.from_numpy(np.ascontiguousarray(frames)).to(device=device, non_blocking=True)
-    if tensor.dtype == torch.uint8:
-        tensor = tensor.to(torch.float32) / 255.0
-    tensor = tensor.permute(0, 3, 1, 2).to(dtype)
-    return tensor * 2.0 - 1.0
+
+class FrameLoader:
+    """Host frames → the model's input, through buffers allocated once.
+
+    __call__: (f, H, W, 3) uint8, or float in [0, 1] → [f, 3, H, W] in [−1, 1] on the device (a channels-last
+    view of the loader's buffer, valid until the next call). Frames of another size are resized (bilinear,
+    antialiased; logged once). The arithmetic is x/255·2 − 1 in that order, as the reference computes it.
+    """
+
+    def __init__(self, frames: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.size = (height, width)
+        self.device, self.dtype = device, dtype
+        self.staging = torch.empty((frames, height, width, 3), dtype=torch.uint8, device=device)  # uint8 upload
+        self.buffer = torch.empty((frames, height, width, 3), dtype=dtype, device=device)
+        self._warned_resize = False
+
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        host = torch.from_numpy(np.ascontiguousarray(frames))
+        if tuple(host.shape[1:3]) != self.size:
+            return self._resized(host)
+        if host.dtype == torch.uint8:
+            # Upload uint8 (4x fewer bytes than float), convert on the device.
+            source = host if self.device.type == "cpu" else self.staging.copy_(host, non_blocking=True)
+            self.buffer.copy_(source).div_(255.0)
+        else:
+            self.buffer.copy_(host, non_blocking=True)
+        return self.buffer.mul_(2.0).sub_(1.0).permute(0, 3, 1, 2)
+
+    def _resized(self, host: torch.Tensor) -> torch.Tensor:
+        if not self._warned_resize:
+            log.warning("input frames are %dx%d; resizing to the stream's %dx%d", host.shape[2], host.shape[1],
+                        self.size[1], self.size[0])
+            self._warned_resize = True
+        tensor = host.to(self.device).permute(0, 3, 1, 2).to(torch.float32)
+        if host.dtype == torch.uint8:
+            tensor = tensor / 255.0
+        tensor = torch.nn.functional.interpolate(tensor, size=self.size, mode="bilinear", antialias=True)
+        return (tensor.clamp(0, 1) * 2.0 - 1.0).to(self.dtype)
 
 
 def to_unit_range(image: torch.Tensor) -> torch.Tensor:
     """[f, 3, H, W] in about [−1, 1] → [f, H, W, 3] float in [0, 1] (same device)."""
-    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+    # y·0.5 is exact (a power of two), so this equals the reference's (y/2 + 0.5).clamp(0, 1), in one allocation.
+    return image.mul(0.5).add_(0.5).clamp_(0, 1).permute(0, 2, 3, 1)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

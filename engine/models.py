@@ -94,10 +94,15 @@ def _load_vae(vae_id: str, dtype: torch.dtype) -> torch.nn.Module:
     if vae_id == TINY_VAE_ID:
         from engine.tiny import build_taesd
 
-        return build_taesd().to(dtype)
+        return _cast(build_taesd(), dtype)
     config = _from_pretrained(_ConfigOnly(AutoencoderTiny), vae_id, "VAE")
     cls = AutoencoderKL if config.get("_class_name") == "AutoencoderKL" else AutoencoderTiny
     return _from_pretrained(cls, vae_id, "VAE", torch_dtype=dtype)
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast only when needed: diffusers warns on every .to(dtype), even a no-op one."""
+    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
 
 
 def _build_tiny(dtype: torch.dtype) -> Models:
@@ -105,9 +110,9 @@ def _build_tiny(dtype: torch.dtype) -> Models:
 
     tokenizer = tiny.build_tokenizer()
     return Models(
-        unet=tiny.build_unet().to(dtype),
-        vae=tiny.build_vae().to(dtype),
-        text_encoder=tiny.build_text_encoder(tokenizer).to(dtype),
+        unet=_cast(tiny.build_unet(), dtype),
+        vae=_cast(tiny.build_vae(), dtype),
+        text_encoder=_cast(tiny.build_text_encoder(tokenizer), dtype),
         tokenizer=tokenizer,
         scheduler_config=tiny.scheduler_config(),
         device=torch.device("cpu"),

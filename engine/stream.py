@@ -139,7 +139,7 @@ class StreamPipeline:
     def step(self, image: torch.Tensor | None = None) -> torch.Tensor:
         """image: [f, 3, H, W] in [−1, 1] (None for txt2img) → the f frames leaving the pipeline."""
         # 1. Similarity filter: a frame like the last one repeats the last output, with no model work.
-        if image is not None and self.last_output is not None and self.filter.should_skip(image):
+        if image is not None and self.filter.should_skip(image):
             return self.last_output
         # 2. Encode the new frames into x_t[:f], noised to the first timestep.
         self._encode_input(image)

@@ -117,8 +117,8 @@ def build_taesd() -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED + 3)
         return AutoencoderTiny(
-            encoder_block_out_channels=(16, 16, 16, 16),
-            decoder_block_out_channels=(16, 16, 16, 16),
+            encoder_block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
             num_encoder_blocks=(1, 1, 1, 1),
             num_decoder_blocks=(1, 1, 1, 1),
             latent_channels=4,

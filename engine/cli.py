@@ -1,0 +1,86 @@
+"""The `dreamwire` command: render, bench, run. User errors are one message and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from engine.errors import DreamwireError
+
+log = logging.getLogger("dreamwire")
+
+
+def _preset_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--preset", default=default, help=f"preset name in presets/ or a YAML path (default {default})")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset key by dotted path, value parsed as YAML, e.g. stream.t_index_list=[10,25]",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dreamwire", description="Headless real-time diffusion for live visuals.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    render = commands.add_parser("render", help="process a clip offline, one output per input frame")
+    _preset_arguments(render, "default")
+    render.add_argument("--input", help="a .npy (N,H,W,3), a folder of PNGs or a video file")
+    render.add_argument("--output", required=True, help="a .npy (float32 in [0,1]), a folder or a video file")
+    render.add_argument("--frames", type=int, help="txt2img: number of frames when there is no --input")
+
+    bench = commands.add_parser("bench", help="measure fps, UNet rows and per-frame overhead")
+    _preset_arguments(bench, "offline-demo")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument("--frames", type=int, default=24, help="timed frames per measurement (default 24)")
+    bench.add_argument("--reference-python", help="python of a venv with the reference streamdiffusion 0.1.1")
+    bench.add_argument("--reference-script", help="run_reference.py (default: ../shared/tools/reference/)")
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # model libraries are chatty about things users cannot act on
+        for name in ("diffusers", "transformers", "httpx", "huggingface_hub"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            from diffusers.utils import logging as diffusers_logging
+            from transformers.utils import logging as transformers_logging
+
+            diffusers_logging.set_verbosity_error()
+            transformers_logging.set_verbosity_error()
+        except ImportError:  # pragma: no cover - both are dependencies
+            pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        from engine.preset import load_preset
+
+        preset = load_preset(args.preset, args.overrides)
+        if args.command == "render":
+            from engine.render import render
+
+            render(preset, args.input, args.output, frames=args.frames)
+        elif args.command == "bench":
+            from engine.bench import run_bench
+
+            run_bench(preset, args)
+        return 0
+    except DreamwireError as error:
+        log.error("%s", error)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

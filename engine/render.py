@@ -1,0 +1,70 @@
+"""`dreamwire render`: offline, frame-exact processing of a clip — one output per input frame, in the
+reference's per-call order (the first (n − 1)·f outputs come from the warm-up buffer)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.clip_io import ClipWriter, iter_clip
+from engine.config import Preset
+from engine.errors import DreamwireError
+from engine.image import FrameLoader, to_unit_range
+from engine.models import load_models
+from engine.stream import StreamPipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RenderReport:
+    frames: int
+    seconds: float
+
+
+def chunks(frames: Iterable[np.ndarray], size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Groups of `size` frames as (size, H, W, 3), and how many are real: the last group is padded by
+    repeating its last frame (frame_buffer_size > 1), and the padding's outputs are not written."""
+    group: list[np.ndarray] = []
+    for frame in frames:
+        group.append(frame)
+        if len(group) == size:
+            yield np.stack(group), size
+            group = []
+    if group:
+        real = len(group)
+        group += [group[-1]] * (size - real)
+        yield np.stack(group), real
+
+
+def render(preset: Preset, input_path: str | None, output_path: str, frames: int | None = None) -> RenderReport:
+    stream = preset.stream
+    txt2img = stream.mode != "img2img"
+    if input_path is None and not txt2img:
+        raise DreamwireError("render needs --input for stream.mode img2img")
+    if input_path is not None and not Path(input_path).exists():
+        raise DreamwireError(f"input not found: {input_path!r}")
+    models = load_models(preset.model)
+    pipeline = StreamPipeline(models, stream)
+    pipeline.prepare(preset.prompt, preset.filter)
+    size = (stream.height, stream.width)
+    load = FrameLoader(stream.frame_buffer_size, stream.height, stream.width, models.device, models.dtype)
+    source: Iterable[np.ndarray] = (
+        iter_clip(input_path) if input_path is not None else (np.zeros((*size, 3), np.uint8) for _ in range(frames or 1))
+    )
+    count, start = 0, time.perf_counter()
+    with ClipWriter(output_path) as writer:
+        for group, real in chunks(source, stream.frame_buffer_size):
+            image = None if txt2img else load(group)
+            output = to_unit_range(pipeline.step(image)).float().cpu().numpy()  # [f, H, W, 3] in [0, 1]
+            for frame in output[:real]:
+                writer.write(frame)
+            count += real
+    seconds = time.perf_counter() - start
+    log.info("rendered %d frames to %s in %.1f s (%.1f fps)", count, output_path, seconds, count / max(seconds, 1e-9))
+    return RenderReport(frames=count, seconds=seconds)

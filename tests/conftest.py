@@ -1,0 +1,74 @@
+"""Shared fixtures: the built-in tiny model (random weights from config, CPU, float32) and small clips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bridges.pattern import pattern_image
+from engine.config import FilterConfig, ModelConfig, PromptConfig, StreamConfig
+from engine.models import Models, load_models
+from engine.stream import StreamPipeline
+
+SIZE = 64  # pixels; latents are 8x8 with the tiny VAE's factor 8
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_grad() -> None:
+    torch.set_grad_enabled(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Models:
+    """The tiny model with its AutoencoderKL (sampled latents)."""
+    return load_models(ModelConfig(id="tiny", vae=None, dtype="float32", device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_taesd_models(tiny_models: Models) -> Models:
+    """The same UNet and text encoder with the tiny TAESD (deterministic latents)."""
+    from engine.tiny import build_taesd
+
+    return Models(**{**tiny_models.__dict__, "vae": build_taesd()})
+
+
+def clip(frames: int, size: int = SIZE, static: bool = False) -> np.ndarray:
+    """(frames, size, size, 3) uint8 of the moving test pattern."""
+    return np.stack([pattern_image(0 if static else i, size, size) for i in range(frames)])
+
+
+def to_input(frames: np.ndarray) -> torch.Tensor:
+    """(f, H, W, 3) uint8 → [f, 3, H, W] in [−1, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0
+
+
+def make_pipeline(
+    models: Models,
+    prompt: dict | None = None,
+    filter_config: dict | None = None,
+    **stream: object,
+) -> StreamPipeline:
+    settings = {"width": SIZE, "height": SIZE, "t_index_list": [16, 32], **stream}
+    pipeline = StreamPipeline(models, StreamConfig(**settings))
+    pipeline.prepare(PromptConfig(**{"text": "a photo", **(prompt or {})}), FilterConfig(**(filter_config or {})))
+    return pipeline
+
+
+class CountingUNet:
+    """Wraps a pipeline's UNet backend and records the rows of every call."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.rows: list[int] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        assert x.shape[0] == t.shape[0] == embeddings.shape[0]
+        self.rows.append(x.shape[0])
+        return self.inner(x, t, embeddings)  # type: ignore[operator]
+
+
+def count_unet(pipeline: StreamPipeline) -> CountingUNet:
+    counter = CountingUNet(pipeline.unet)
+    pipeline.unet = counter
+    return counter
