@@ -92,3 +92,21 @@ def markdown_table() -> str:
             f"| {spec.doc} |"
         )
     return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """An engine command that is not a preset value (OSC: "/" + name with "/" for ".")."""
+
+    name: str
+    arguments: str
+    doc: str
+
+
+COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec("pause", "bool", "Hold the output (sinks keep the last frame); false resumes."),
+    CommandSpec("reset", "-", "Re-prepare from the current values: fresh noise and empty buffers (a deliberate cut)."),
+    CommandSpec("prompt.blend", "[text, weight]..., method", "Blend prompts' embeddings (linear or slerp)."),
+    CommandSpec("seed.blend", "[seed, weight]...", "Blend the fixed noise of several seeds (slerp)."),
+    CommandSpec("transition", "seconds or frames", "Any live value, prompt or seed change can morph over a duration."),
+)

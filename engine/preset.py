@@ -61,12 +61,13 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[name] = value
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """pydantic's report → one line that names the key, the bad value and what is allowed."""
+def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """pydantic's report → one line that names the key, the bad value and what is allowed.
+    prefix: the section name when a single section was validated (a live change)."""
     specs = registry()
     messages = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"])
+        path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
         if item["type"] == "extra_forbidden":
             section = path.rsplit(".", 1)[0] if "." in path else ""
             keys = (

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class StreamPipeline:
     def __init__(self, models: Models, stream: StreamConfig) -> None:
         self.models = models
-        self.config = stream
+        self.config = stream.model_copy(deep=True)  # its own copy: later preset edits don't reach it
         self.device, self.dtype = models.device, models.dtype
         self.generator = torch.Generator()  # CPU, seeded in prepare: initial noise, then VAE samples
         self.codec = make_codec(models.vae, self.generator)
@@ -54,24 +54,25 @@ class StreamPipeline:
         )
         self.filter: SimilarityFilter | NoFilter = NoFilter()
         self.last_output: torch.Tensor | None = None
+        self.skipped = False  # whether the last step() was skipped by the similarity filter
 
     # ---- set-up (not per frame) -------------------------------------------------------------------
 
     @torch.no_grad()
     def prepare(self, prompt: PromptConfig, filter_config: FilterConfig | None = None) -> None:
         """Seed the noise, zero the buffers, compute the tables and encode the prompt: a full reset."""
-        rows, f = self.slots * self.frames, self.frames
+        f = self.frames
         self.generator.manual_seed(prompt.seed)
-        # z: the fixed noise, one row per latent row, drawn on the CPU exactly as the reference does.
-        noise = torch.randn((rows, *self.latent_shape), generator=self.generator)
-        self.noise = noise.to(device=self.device, dtype=self.dtype)
+        self.noise = self._draw_noise_from(self.generator)
         self.x_t = torch.zeros_like(self.noise)  # [x_new ; B]: this frame's input rows, then the buffer
         self.stock_noise = torch.zeros_like(self.noise)  # s: the residual noise of RCFG
         self._stock_scratch = torch.zeros_like(self.noise)
         self.txt2img_generator = torch.Generator(self.device).manual_seed(prompt.seed)
         self.set_schedule(self.config.t_index_list, self.config.num_inference_steps)
-        self._cond = self.models.encode_prompt(prompt.text)
-        self._uncond = self.models.encode_prompt(prompt.negative)
+        self.cond = self.models.encode_prompt(prompt.text)
+        self.uncond = self.models.encode_prompt(prompt.negative)
+        self.cfg = None  # type: ignore[assignment]  # a new prepare picks the strategy afresh
+        self.embeddings = None  # type: ignore[assignment]
         self.set_guidance(prompt.guidance, prompt.delta)
         self.set_filter(filter_config or FilterConfig(), seed=prompt.seed)
         self.last_output = None
@@ -102,6 +103,22 @@ class StreamPipeline:
         ]
         self._update_noise_terms()
 
+    def noise_shape(self) -> tuple[int, ...]:
+        return (self.slots * self.frames, *self.latent_shape)
+
+    def _draw_noise_from(self, generator: torch.Generator) -> torch.Tensor:
+        # z: the fixed noise, one row per latent row, drawn on the CPU exactly as the reference does.
+        return torch.randn(self.noise_shape(), generator=generator).to(device=self.device, dtype=self.dtype)
+
+    def noise_for_seed(self, seed: int) -> torch.Tensor:
+        """The fixed noise that prepare() would draw for this seed [n·f, C, h, w] (for seed blending)."""
+        return self._draw_noise_from(torch.Generator().manual_seed(seed))
+
+    def set_seed(self, seed: int) -> None:
+        """A live seed change: reseed the generator (noise, then VAE sampling) as prepare() does; buffers kept."""
+        self.generator.manual_seed(seed)
+        self.set_noise(self._draw_noise_from(self.generator))
+
     def set_noise(self, noise: torch.Tensor) -> None:
         """Replace the fixed noise z [n·f, C, h, w] (seed change or seed blending); buffers kept."""
         self.noise.copy_(noise)
@@ -117,13 +134,20 @@ class StreamPipeline:
         self._noise_next = torch.cat([self.noise[f:], self.noise[:f]])  # z_{(i+1) mod n}, for the residual
 
     def set_guidance(self, guidance: float, delta: float) -> None:
-        self.cfg: CfgStrategy = select_cfg(self.config.cfg_type, guidance, delta, self.frames)
-        self._update_residual: Callable[..., None] = self._residual_update if self.cfg.residual else _nothing
-        self.set_embeddings(self._cond, self._uncond)
+        """Live: the same strategy takes the new values in place; crossing guidance 1 under full or initialize
+        switches strategy (the uncond rows come or go) and re-lays the embeddings. Buffers are kept."""
+        self.guidance, self.delta = guidance, delta
+        cfg = select_cfg(self.config.cfg_type, guidance, delta, self.frames)
+        if type(cfg) is type(getattr(self, "cfg", None)):
+            self.cfg.__dict__.update(cfg.__dict__)
+            return
+        self.cfg: CfgStrategy = cfg
+        self._update_residual: Callable[..., None] = self._residual_update if cfg.residual else _nothing
+        self.set_embeddings(self.cond, self.uncond)
 
     def set_embeddings(self, cond: torch.Tensor, uncond: torch.Tensor) -> None:
         """Swap the prompt (cond, uncond: [1, L, D]) without touching buffers or noise: no flash."""
-        self._cond, self._uncond = cond, uncond
+        self.cond, self.uncond = cond, uncond
         embeddings = self.cfg.embeddings(cond, uncond, self.unet_rows)
         if getattr(self, "embeddings", None) is not None and self.embeddings.shape == embeddings.shape:
             self.embeddings.copy_(embeddings)
@@ -139,7 +163,8 @@ class StreamPipeline:
     def step(self, image: torch.Tensor | None = None) -> torch.Tensor:
         """image: [f, 3, H, W] in [−1, 1] (None for txt2img) → the f frames leaving the pipeline."""
         # 1. Similarity filter: a frame like the last one repeats the last output, with no model work.
-        if image is not None and self.filter.should_skip(image):
+        self.skipped = image is not None and self.filter.should_skip(image)
+        if self.skipped:
             return self.last_output
         # 2. Encode the new frames into x_t[:f], noised to the first timestep.
         self._encode_input(image)
