@@ -131,8 +131,7 @@ def _variant(preset: Preset, **changes: Any) -> Preset:
     return Preset.model_validate(data)
 
 
-def run_measurements(preset: Preset, frames: int) -> list[Measurement]:
-    models = load_models(preset.model)
+def run_measurements(models: Models, preset: Preset, frames: int) -> list[Measurement]:
     n = len(preset.stream.t_index_list)
     cfg = preset.stream.cfg_type
     results = [
@@ -160,10 +159,14 @@ def _reference_script(explicit: str | None) -> Path:
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
-    raise DreamwireError(f"run_reference.py not found (tried {', '.join(c for c in candidates if c)}); pass --reference-script")
+    raise DreamwireError(
+        f"run_reference.py not found (tried {', '.join(c for c in candidates if c)}); pass --reference-script"
+    )
 
 
-def reference_side_by_side(preset: Preset, python: str, script: str | None, frames: int) -> dict[str, Any]:
+def reference_side_by_side(
+    models: Models, preset: Preset, python: str, script: str | None, frames: int
+) -> dict[str, Any]:
     """Run the reference StreamDiffusion and ours over the same clip, same model and settings; report both
     fps (each over the clip after its first frame) and the largest output difference."""
     from engine.tiny import TINY_MODEL_ID, TINY_VAE_ID, save_tiny_pipeline, save_tiny_taesd
@@ -191,20 +194,30 @@ def reference_side_by_side(preset: Preset, python: str, script: str | None, fram
             settings["vae_dir"] = str(vae)
         clip = np.stack(list(_frames(stream.width, stream.height, frames + 1, static=False)))
         np.save(work / "clip.npy", clip)
-        command = [python, str(_reference_script(script)), str(model_dir), str(work / "clip.npy"), str(work / "ref.npy")]
+        command = [
+            python,
+            str(_reference_script(script)),
+            str(model_dir),
+            str(work / "clip.npy"),
+            str(work / "ref.npy"),
+        ]
         done = subprocess.run([*command, json.dumps(settings)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise DreamwireError(f"the reference run failed: {done.stderr.strip().splitlines()[-1:]}")
         reference = json.loads(done.stdout.strip().splitlines()[-1])
-        ours, ours_fps = _our_clip_run(preset, clip)
+        ours, ours_fps = _our_clip_run(models, preset, clip)
         difference = float(np.abs(ours - np.load(work / "ref.npy")).max())
-    return {"reference_fps": reference["fps"], "ours_fps": ours_fps, "ratio": ours_fps / reference["fps"],
-            "max_abs_diff": difference, "frames": len(clip)}
+    return {
+        "reference_fps": reference["fps"],
+        "ours_fps": ours_fps,
+        "ratio": ours_fps / reference["fps"],
+        "max_abs_diff": difference,
+        "frames": len(clip),
+    }
 
 
-def _our_clip_run(preset: Preset, clip: np.ndarray) -> tuple[np.ndarray, float]:
+def _our_clip_run(models: Models, preset: Preset, clip: np.ndarray) -> tuple[np.ndarray, float]:
     """Ours, timed as the reference script times itself: per frame preprocess, step, host copy."""
-    models = load_models(preset.model)
     pipeline = StreamPipeline(models, preset.stream)
     pipeline.prepare(preset.prompt, preset.filter)
     stream = preset.stream
@@ -238,30 +251,58 @@ def ratios(results: list[Measurement]) -> dict[str, float]:
 
 
 def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
+    from engine.bench_live import loop_efficiency, memory_soak, prompt_change_frame_times
+
     torch.set_grad_enabled(False)
-    results = run_measurements(preset, args.frames)
+    models = load_models(preset.model)
+    results = run_measurements(models, preset, args.frames)
+    changes = prompt_change_frame_times(models, preset, frames=max(50, 8 * args.frames))
     report: dict[str, Any] = {
-        "device": str(load_device_name(preset)),
+        "device": load_device_name(preset),
         "threads": torch.get_num_threads(),
         "measurements": [asdict(r) for r in results],
         "ratios": ratios(results),
+        "prompt_changes": {**asdict(changes), "p99_over_median": changes.p99_over_median},
+        "loop": loop_efficiency(models, preset, seconds=max(2.0, args.frames / 6)),
     }
+    if args.soak:
+        report["soak"] = memory_soak(models, preset, args.soak)
     if args.reference_python:
-        report["reference"] = reference_side_by_side(preset, args.reference_python, args.reference_script, args.frames)
-    if args.json:
-        print(json.dumps(report, indent=2))  # noqa: T201 - the command's output
-    else:
-        lines = [format_table(results), ""]
-        lines += [f"{key}: {value:.2f}x" for key, value in report["ratios"].items()]
-        if "reference" in report:
-            ref = report["reference"]
-            lines.append(
-                f"reference side by side ({ref['frames']} frames): ours {ref['ours_fps']:.1f} fps, reference "
-                f"{ref['reference_fps']:.1f} fps, ratio {ref['ratio']:.2f}x, max |ours - reference| {ref['max_abs_diff']:.2e}"
-            )
-        lines.append(f"device: {report['device']}, torch threads: {report['threads']}")
-        print("\n".join(lines))  # noqa: T201 - the command's output
+        report["reference"] = reference_side_by_side(
+            models, preset, args.reference_python, args.reference_script, args.frames
+        )
+    print(json.dumps(report, indent=2) if args.json else format_report(results, report))
     return report
+
+
+def format_report(results: list[Measurement], report: dict[str, Any]) -> str:
+    lines = [format_table(results), ""]
+    lines += [f"{key}: {value:.2f}x" for key, value in report["ratios"].items()]
+    pc, loop = report["prompt_changes"], report["loop"]
+    lines.append(
+        f"prompt changes: {pc['prompt_changes']} in {pc['frames']} frames, frame time median {pc['median_ms']:.1f} ms, "
+        f"p99 {pc['p99_ms']:.1f} ms, p99/median {pc['p99_over_median']:.2f}x"
+    )
+    lines.append(
+        f"loop efficiency: engine {loop['engine_fps']:.1f} fps / bare pipeline {loop['bare_pipeline_fps']:.1f} fps "
+        f"= {loop['efficiency']:.2f}"
+    )
+    if "soak" in report:
+        soak = report["soak"]
+        lines.append(
+            f"memory soak: {soak['frames']} frames, RSS {soak['rss_after_warmup_mb']:.0f} MB after warm-up, "
+            f"{soak['rss_end_mb']:.0f} MB at the end (growth {soak['growth_mb']:+.1f} MB, "
+            f"peak {soak['rss_peak_mb']:.0f} MB)"
+        )
+    if "reference" in report:
+        ref = report["reference"]
+        lines.append(
+            f"reference side by side ({ref['frames']} frames): ours {ref['ours_fps']:.1f} fps, "
+            f"reference {ref['reference_fps']:.1f} fps, ratio {ref['ratio']:.2f}x, "
+            f"max |ours - reference| {ref['max_abs_diff']:.2e}"
+        )
+    lines.append(f"device: {report['device']}, torch threads: {report['threads']}")
+    return "\n".join(lines)
 
 
 def load_device_name(preset: Preset) -> str:

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _preset_arguments(bench, "offline-demo")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.add_argument("--frames", type=int, default=24, help="timed frames per measurement (default 24)")
+    bench.add_argument("--soak", type=int, metavar="FRAMES", help="also run FRAMES frames and report memory growth")
     bench.add_argument("--reference-python", help="python of a venv with the reference streamdiffusion 0.1.1")
     bench.add_argument("--reference-script", help="run_reference.py (default: ../shared/tools/reference/)")
     return parser

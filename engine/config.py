@@ -7,6 +7,7 @@ parameter is added in exactly one place.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -36,7 +37,8 @@ class ModelConfig(Section):
     )
     vae: str | None = rebuild(
         "madebyollin/taesd",
-        "VAE to swap in (AutoencoderTiny or AutoencoderKL id or folder; `tiny-taesd` built in); null keeps the model's.",
+        "VAE to swap in (AutoencoderTiny or AutoencoderKL id or folder; `tiny-taesd` is built in); "
+        "null keeps the model's own.",
     )
     dtype: Literal["auto", "float16", "float32", "bfloat16"] = rebuild(
         "auto", "Weights and activations dtype; auto is float16 on CUDA, float32 on CPU."
@@ -78,7 +80,7 @@ class StreamConfig(Section):
 def check_t_index_list(t_index_list: list[int], num_inference_steps: int) -> None:
     if not t_index_list:
         raise ValueError("t_index_list is empty: give at least one index, e.g. [35]")
-    if any(b <= a for a, b in zip(t_index_list, t_index_list[1:], strict=False)):
+    if any(b <= a for a, b in pairwise(t_index_list)):
         raise ValueError(f"t_index_list {t_index_list} must be strictly ascending")
     if t_index_list[0] < 0 or t_index_list[-1] >= num_inference_steps:
         raise ValueError(

@@ -39,8 +39,13 @@ class FrameLoader:
 
     def _resized(self, host: torch.Tensor) -> torch.Tensor:
         if not self._warned_resize:
-            log.warning("input frames are %dx%d; resizing to the stream's %dx%d", host.shape[2], host.shape[1],
-                        self.size[1], self.size[0])
+            log.warning(
+                "input frames are %dx%d; resizing to the stream's %dx%d",
+                host.shape[2],
+                host.shape[1],
+                self.size[1],
+                self.size[0],
+            )
             self._warned_resize = True
         tensor = host.to(self.device).permute(0, 3, 1, 2).to(torch.float32)
         if host.dtype == torch.uint8:

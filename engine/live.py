@@ -66,7 +66,8 @@ class LiveEngine:
         self._install(self.models, self._build(self.models, self.preset))
         self.transitions = TransitionSet()
         self._pending_prompts: dict[str, tuple[Embedder, Duration]] = {}
-        self._rebuilder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dreamwire-rebuild")
+        # One intra-op thread (a per-thread setting) so a rebuild never competes with the engine's own team.
+        self._rebuilder = ThreadPoolExecutor(1, "dreamwire-rebuild", initializer=torch.set_num_threads, initargs=(1,))
         self._rebuild: Future[tuple[Models, StreamPipeline, Preset]] | None = None
         self.paused = False
         self.frame_number = 0  # output frames produced
@@ -375,8 +376,13 @@ class LiveEngine:
         self._install(models, pipeline)
         self.preset = target
         self.transitions.clear()
-        log.info("rebuild done: %dx%d, cfg %s, %d steps", target.stream.width, target.stream.height,
-                 target.stream.cfg_type, len(target.stream.t_index_list))
+        log.info(
+            "rebuild done: %dx%d, cfg %s, %d steps",
+            target.stream.width,
+            target.stream.height,
+            target.stream.cfg_type,
+            len(target.stream.t_index_list),
+        )
 
 
 def _first(embeddings: tuple[torch.Tensor, ...]) -> torch.Tensor:

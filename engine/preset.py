@@ -28,9 +28,8 @@ def read_preset_file(name_or_path: str) -> dict[str, Any]:
     else:
         packaged = resources.files("presets").joinpath(f"{name_or_path}.yaml")
         if not packaged.is_file():
-            raise DreamwireError(
-                f"unknown preset {name_or_path!r} (available: {', '.join(available_presets())}, or a path to a .yaml file)"
-            )
+            names = ", ".join(available_presets())
+            raise DreamwireError(f"unknown preset {name_or_path!r} (available: {names}, or a path to a .yaml file)")
         text = packaged.read_text(encoding="utf-8")
     try:
         raw = yaml.safe_load(text) or {}

@@ -129,6 +129,9 @@ class PromptEncoder:
         self.close()
 
     def _run(self) -> None:
+        # One intra-op thread for this thread's own OpenMP team: a second full team would spin-wait on the
+        # engine's cores after each encode and slow the frames around a prompt change (the setting is per thread).
+        torch.set_num_threads(1)
         while True:
             req = self._requests.get()
             if req is None or self._closed.is_set():

@@ -55,7 +55,9 @@ def render(preset: Preset, input_path: str | None, output_path: str, frames: int
     size = (stream.height, stream.width)
     load = FrameLoader(stream.frame_buffer_size, stream.height, stream.width, models.device, models.dtype)
     source: Iterable[np.ndarray] = (
-        iter_clip(input_path) if input_path is not None else (np.zeros((*size, 3), np.uint8) for _ in range(frames or 1))
+        iter_clip(input_path)
+        if input_path is not None
+        else (np.zeros((*size, 3), np.uint8) for _ in range(frames or 1))
     )
     count, start = 0, time.perf_counter()
     with ClipWriter(output_path) as writer:

@@ -111,18 +111,32 @@ def build_vae() -> torch.nn.Module:
 
 
 def build_taesd() -> torch.nn.Module:
-    """AutoencoderTiny (TAESD layout) with one block per level: factor 8, 4 latent channels."""
+    """AutoencoderTiny (TAESD layout) with one block per level: factor 8, 4 latent channels.
+
+    He-initialised (a deep ReLU network with PyTorch's default init decays to a constant: a black, frozen
+    picture), with the last decoder conv scaled down so that random pictures stay mostly inside [−1, 1].
+    """
     from diffusers import AutoencoderTiny
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED + 3)
-        return AutoencoderTiny(
+        vae = AutoencoderTiny(
             encoder_block_out_channels=(8, 8, 8, 8),
             decoder_block_out_channels=(8, 8, 8, 8),
             num_encoder_blocks=(1, 1, 1, 1),
             num_decoder_blocks=(1, 1, 1, 1),
             latent_channels=4,
         ).eval()
+        convs = [m for m in vae.modules() if isinstance(m, torch.nn.Conv2d)]
+        with torch.no_grad():
+            for conv in convs:
+                torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                if conv.bias is not None:
+                    conv.bias.zero_()
+            last = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+            last.weight.mul_(0.015)
+            last.bias.fill_(0.5)  # the decoder maps [0, 1] to [−1, 1]: centre random pictures on grey
+    return vae
 
 
 def scheduler_config() -> dict[str, Any]:

@@ -21,7 +21,13 @@ def test_required_presets_load():
 def test_overrides_by_dotted_path():
     preset = load_preset(
         "offline-demo",
-        ["stream.t_index_list=[10,25,40]", "model.vae=null", "prompt.seed=7", "model.id=/some/folder", "prompt.text=a b"],
+        [
+            "stream.t_index_list=[10,25,40]",
+            "model.vae=null",
+            "prompt.seed=7",
+            "model.id=/some/folder",
+            "prompt.text=a b",
+        ],
     )
     assert preset.stream.t_index_list == [10, 25, 40]
     assert preset.model.vae is None

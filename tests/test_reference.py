@@ -26,7 +26,11 @@ TOOLS = Path(__file__).resolve().parents[2] / "shared" / "tools" / "reference"
 VENV = Path(os.environ.get("DREAMWIRE_REFERENCE_VENV", "/tmp/streamdiffusion-reference"))
 PROMPT = {"prompt": "a photo", "negative_prompt": "ugly", "guidance_scale": 1.5, "delta": 0.8, "seed": 5}
 CASES = {  # name: (cfg_type, vae, t_index_list)
-    **{f"{cfg}-{vae}": (cfg, vae, [16, 32]) for cfg in ("none", "full", "self", "initialize") for vae in ("kl", "taesd")},
+    **{
+        f"{cfg}-{vae}": (cfg, vae, [16, 32])
+        for cfg in ("none", "full", "self", "initialize")
+        for vae in ("kl", "taesd")
+    },
     "self-kl-one-step": ("self", "kl", [25]),
     "initialize-taesd-three-steps": ("initialize", "taesd", [8, 24, 40]),
 }
@@ -81,8 +85,13 @@ def test_every_frame_matches_the_reference(side_by_side, name):
     stream = StreamConfig(width=frames.shape[2], height=frames.shape[1], t_index_list=t_index_list, cfg_type=cfg_type)
     pipeline = StreamPipeline(models, stream)
     pipeline.prepare(
-        PromptConfig(text=PROMPT["prompt"], negative=PROMPT["negative_prompt"], guidance=PROMPT["guidance_scale"],
-                     delta=PROMPT["delta"], seed=PROMPT["seed"]),
+        PromptConfig(
+            text=PROMPT["prompt"],
+            negative=PROMPT["negative_prompt"],
+            guidance=PROMPT["guidance_scale"],
+            delta=PROMPT["delta"],
+            seed=PROMPT["seed"],
+        ),
         FilterConfig(),
     )
     load = FrameLoader(1, frames.shape[1], frames.shape[2], models.device, models.dtype)

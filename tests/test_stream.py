@@ -88,14 +88,16 @@ def test_prepare_again_resets_to_the_same_frames(tiny_models):
 
 
 def test_txt2img_is_seeded_and_turbo_is_one_step(tiny_models):
-    a = [make_pipeline(tiny_models, {"seed": 1}, mode="txt2img").step() for _ in range(1)][0]
+    a = make_pipeline(tiny_models, {"seed": 1}, mode="txt2img").step()
     b = make_pipeline(tiny_models, {"seed": 1}, mode="txt2img").step()
     assert torch.equal(a, b)
     turbo = make_pipeline(tiny_models, mode="txt2img-turbo", t_index_list=[0], cfg_type="none")
     counter = count_unet(turbo)
     out = turbo.step()
     assert out.shape == (1, 3, SIZE, SIZE) and counter.rows == [1]
-    assert torch.equal(turbo.tables.c_skip, torch.zeros(1, 1, 1, 1)) and torch.equal(turbo.tables.c_out, torch.ones(1, 1, 1, 1))
+    assert torch.equal(turbo.tables.c_skip, torch.zeros(1, 1, 1, 1)) and torch.equal(
+        turbo.tables.c_out, torch.ones(1, 1, 1, 1)
+    )
 
 
 def test_tables_follow_the_lcm_schedule(tiny_models):

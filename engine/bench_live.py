@@ -1,0 +1,151 @@
+"""Live-engine benchmarks for `dreamwire bench`: frame times during prompt changes (no stall), loop
+efficiency (engine fps / bare pipeline fps) and a memory soak."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bridges.pattern import PatternSource, pattern_image
+from engine.config import Preset
+from engine.frames import Frame
+from engine.image import FrameLoader, to_uint8
+from engine.live import LiveEngine
+from engine.models import Models
+from engine.stream import StreamPipeline
+
+
+@dataclass
+class PromptChangeTimes:
+    frames: int
+    prompt_changes: int
+    median_ms: float
+    p99_ms: float
+
+    @property
+    def p99_over_median(self) -> float:
+        return self.p99_ms / self.median_ms
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def prompt_change_frame_times(models: Models, preset: Preset, frames: int = 200, every: int = 10) -> PromptChangeTimes:
+    """The engine driven frame by frame; a new, never-seen prompt every `every` frames (each one is encoded
+    off the engine thread while frames keep coming). Frame time = apply_pending_controls + process."""
+    engine = LiveEngine(preset, models=models)
+    width, height = preset.stream.width, preset.stream.height
+    times: list[float] = []
+    changes = 0
+    try:
+        for index in range(frames + 10):
+            if index >= 10 and index % every == 0:
+                engine.set("prompt.text", f"{preset.prompt.text}, variation {index}")
+                changes += 1
+            frame = Frame(pattern_image(index, width, height), index, time.perf_counter())
+            start = time.perf_counter()
+            engine.apply_pending_controls()
+            engine.process([frame])
+            if index >= 10:  # after warm-up
+                times.append(1000 * (time.perf_counter() - start))
+    finally:
+        engine.close()
+    return PromptChangeTimes(frames, changes, statistics.median(times), _percentile(times, 99))
+
+
+class _NullSink:
+    name = "null"
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def open(self) -> None: ...
+
+    def write(self, frame: Frame) -> None:
+        self.frames += 1
+
+    def close(self) -> None: ...
+
+
+def bare_pipeline_fps(models: Models, preset: Preset, seconds: float) -> float:
+    """The pipeline alone in a loop: load, step, host copy (what the engine does, minus the engine)."""
+    stream = preset.stream
+    pipeline = StreamPipeline(models, stream)
+    pipeline.prepare(preset.prompt, preset.filter)
+    load = FrameLoader(1, stream.height, stream.width, models.device, models.dtype)
+    images = [pattern_image(i, stream.width, stream.height)[None] for i in range(64)]
+    for image in images[:3]:
+        to_uint8(pipeline.step(load(image)))
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        to_uint8(pipeline.step(load(images[count % 64])))
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def engine_fps(models: Models, preset: Preset, seconds: float, source_fps: float) -> float:
+    """The threaded engine: a paced pattern source (faster than the engine, so input is always waiting),
+    the loop, and a sink thread."""
+    engine = LiveEngine(preset, models=models)
+    sink = _NullSink()
+    stream = preset.stream
+    engine.start_io(source=PatternSource(stream.width, stream.height, fps=source_fps), sinks=[sink])
+    for _ in range(3):  # warm-up
+        engine.apply_pending_controls()
+        engine.step()
+    first, start = engine.frame_number, time.perf_counter()
+    try:
+        while time.perf_counter() - start < seconds:
+            engine.apply_pending_controls()
+            engine.step()
+    finally:
+        elapsed = time.perf_counter() - start
+        engine.close()
+    return (engine.frame_number - first) / elapsed
+
+
+def loop_efficiency(models: Models, preset: Preset, seconds: float = 4.0) -> dict[str, float]:
+    bare = bare_pipeline_fps(models, preset, seconds)
+    live = engine_fps(models, preset, seconds, source_fps=2 * bare)
+    return {"bare_pipeline_fps": bare, "engine_fps": live, "efficiency": live / bare}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def memory_soak(models: Models, preset: Preset, frames: int, warmup: int = 500) -> dict[str, Any]:
+    """Process `frames` frames through the engine (with a prompt change every 100); RSS after warm-up vs at
+    the end, and the peak in between."""
+    engine = LiveEngine(preset, models=models)
+    width, height = preset.stream.width, preset.stream.height
+    images = [pattern_image(i, width, height) for i in range(64)]
+    start_rss = peak = 0.0
+    try:
+        for index in range(frames):
+            if index % 100 == 50:
+                engine.set("prompt.text", f"{preset.prompt.text} {index % 700}")  # cache hits after 7 distinct
+            engine.apply_pending_controls()
+            engine.process([Frame(images[index % 64], index, time.perf_counter())])
+            if index == warmup:
+                start_rss = _rss_mb()
+            if index > warmup and index % 250 == 0:
+                peak = max(peak, _rss_mb())
+        end_rss = _rss_mb()
+    finally:
+        engine.close()
+    return {
+        "frames": frames,
+        "rss_after_warmup_mb": start_rss,
+        "rss_end_mb": end_rss,
+        "rss_peak_mb": max(peak, end_rss),
+        "growth_mb": end_rss - start_rss,
+    }
