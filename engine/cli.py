@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from engine.errors import DreamwireError
@@ -58,14 +59,14 @@ def _configure_logging(verbose: bool) -> None:
     if not verbose:  # model libraries are chatty about things users cannot act on
         for name in ("diffusers", "transformers", "httpx", "huggingface_hub"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        try:
-            from diffusers.utils import logging as diffusers_logging
-            from transformers.utils import logging as transformers_logging
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(huggingface_hub|diffusers|transformers)")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        from diffusers.utils import logging as diffusers_logging
+        from huggingface_hub.utils import logging as hub_logging
+        from transformers.utils import logging as transformers_logging
 
-            diffusers_logging.set_verbosity_error()
-            transformers_logging.set_verbosity_error()
-        except ImportError:  # pragma: no cover - both are dependencies
-            pass
+        for library in (diffusers_logging, hub_logging, transformers_logging):
+            library.set_verbosity_error()
 
 
 def entry() -> None:

@@ -81,8 +81,9 @@ class RequestedValues:
         self._preset = preset.model_copy(deep=True)
         self._lock = threading.Lock()
 
-    def validate(self, path: str, value: Any) -> Any:
-        """The value as the schema coerces it; raises DreamwireError naming the key and value."""
+    def validate(self, path: str, value: Any, keep: bool = True) -> Any:
+        """The value as the schema coerces it; raises DreamwireError naming the key and value.
+        keep=False checks a value without making it the requested one (e.g. a seed inside a blend)."""
         if path not in registry():
             raise DreamwireError(f"unknown parameter {path!r} (allowed: {', '.join(registry())})")
         section_name, name = path.split(".")
@@ -92,7 +93,8 @@ class RequestedValues:
                 setattr(section, name, value)
             except ValidationError as error:
                 raise DreamwireError(describe_validation_error(error, prefix=section_name)) from None
-            setattr(self._preset, section_name, section)
+            if keep:
+                setattr(self._preset, section_name, section)
             return getattr(section, name)
 
     def snapshot(self) -> Preset:

@@ -72,7 +72,7 @@ class LiveEngine:
         self.paused = False
         self.frame_number = 0  # output frames produced
         self._last_outputs: list[Frame] = []
-        self._running = threading.Event()
+        self._stopping = threading.Event()  # set by stop() from any thread (a signal handler too)
         self.input_slot: LatestFrameSlot[Frame] = LatestFrameSlot()
         self.source_worker: SourceWorker | None = None
         self.sink_workers: list[tuple[SinkWorker, LatestFrameSlot[Frame]]] = []
@@ -102,7 +102,7 @@ class LiveEngine:
     ) -> None:
         _check_weights("seed.blend", [w for _, w in items])
         for seed, _ in items:
-            self.requested.validate("prompt.seed", seed)
+            self.requested.validate("prompt.seed", seed, keep=False)
         self.controls.put(BlendSeeds(tuple((int(s), float(w)) for s, w in items), Duration(seconds, frames)))
 
     def pause(self, paused: bool = True) -> None:
@@ -112,7 +112,7 @@ class LiveEngine:
         self.controls.put(Reset())
 
     def stop(self) -> None:
-        self._running.clear()
+        self._stopping.set()
 
     def status(self) -> dict[str, Any]:
         """The live numbers (see engine/metrics.py) plus the engine's state, for the OSC bridge and the CLI."""
@@ -122,12 +122,11 @@ class LiveEngine:
 
     def run(self, duration: float | None = None) -> None:
         """Run until stop(), the duration (seconds) or the end of a file source; sinks are flushed on the way out."""
-        self._running.set()
         self.start_io()
         deadline = None if duration is None else time.perf_counter() + duration
         log.info("running: %s → %s", self.preset.io.input, ", ".join(self.preset.io.outputs) or "(no output)")
         try:
-            while self._running.is_set() and (deadline is None or time.perf_counter() < deadline):
+            while not self._stopping.is_set() and (deadline is None or time.perf_counter() < deadline):
                 self.apply_pending_controls()
                 if not self.step() and self.source_worker is not None and self.source_worker.finished.is_set():
                     break  # a file source ended and every frame is processed
@@ -208,7 +207,7 @@ class LiveEngine:
 
     def close(self) -> None:
         """Stop the bridges (files are flushed and closed), the encoder and the rebuild thread."""
-        self._running.clear()
+        self._stopping.set()
         if self.source_worker is not None:
             self.source_worker.stop()
             self.source_worker = None

@@ -7,9 +7,12 @@ or unused part is ever built. A missing model is one clear paragraph, never a tr
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -81,10 +84,33 @@ def _from_pretrained(cls: Any, model_id: str, what: str, **kwargs: Any) -> Any:
         return cls.from_pretrained(model_id, local_files_only=True, **kwargs)
     except (OSError, ValueError):
         pass
+    hub_reachable(model_id, what)
     try:
         return cls.from_pretrained(model_id, **kwargs)
     except Exception as error:  # hub/network errors come in many types; all mean "not available"
         raise _missing_model(model_id, what, error) from error
+
+
+def hub_reachable(model_id: str, what: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not after the hub client's half minute of retries, when the hub cannot be reached."""
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection(
+            (endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout=timeout_s
+        ).close()
+    except OSError as error:
+        message = _HUB_UNREACHABLE.format(what=what, model_id=model_id, host=endpoint.hostname, error=error)
+        raise DreamwireError(message) from None
+
+
+_HUB_UNREACHABLE = (
+    "Could not load the {what} {model_id!r}: it is not a local folder, not in the Hugging Face cache, and the hub "
+    "({host}) cannot be reached ({error}). "
+    "Connect to the network once so it can be cached, or download it elsewhere and point at the folder, e.g. "
+    "`--set model.id=/path/to/sd-turbo` (a diffusers folder with unet/, vae/, text_encoder/, tokenizer/, "
+    "scheduler/) and `--set model.vae=/path/to/taesd`. The built-in `tiny` model runs offline: "
+    "`--preset offline-demo`."
+)
 
 
 def _load_vae(vae_id: str, dtype: torch.dtype) -> torch.nn.Module:

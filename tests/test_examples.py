@@ -15,7 +15,11 @@ def test_live_cues_example_runs_every_cue(tmp_path):
     out = tmp_path / "cues.npy"
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "live_cues.py"), "--output", f"file:{out}", "--seconds", "10"],
-        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.count("cue ") == 4

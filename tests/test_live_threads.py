@@ -37,7 +37,6 @@ class CountingSink:
 def run_engine(live: LiveEngine, sinks: list[CountingSink], seconds: float) -> None:
     from bridges.pattern import PatternSource
 
-    live._running.set()
     live.start_io(source=PatternSource(64, 64, fps=200), sinks=sinks)
     deadline = time.perf_counter() + seconds
     try:

@@ -53,3 +53,11 @@ def test_cuda_asked_for_without_a_gpu():
         pytest.skip("this machine has a GPU: the no-GPU error path cannot be exercised")
     with pytest.raises(DreamwireError, match=r"model.device 'cuda'.*no CUDA device"):
         resolve_device("cuda", "auto")
+
+
+def test_uncached_hub_model_is_one_paragraph_naming_it():
+    """Offline (as here and in CI) the hub is unreachable; online the repository does not exist. Either way."""
+    with pytest.raises(
+        DreamwireError, match=r"Could not load the model 'dreamwire-tests/no-such-model'.*--preset offline-demo"
+    ):
+        load_models(ModelConfig(id="dreamwire-tests/no-such-model", vae=None, device="cpu"))
