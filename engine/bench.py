@@ -11,7 +11,9 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -67,9 +69,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _frames(width: int, height: int, count: int, static: bool) -> Iterator[np.ndarray]:
+def _frames(width: int, height: int, count: int) -> Iterator[np.ndarray]:
     for index in range(count):
-        yield pattern_image(0 if static else index, width, height)
+        yield pattern_image(index, width, height)
 
 
 class _Instant(_Timed):
@@ -85,42 +87,68 @@ class _Instant(_Timed):
         return self.cached
 
 
-def measure(
-    models: Models, preset: Preset, name: str, frames: int, static: bool = False, models_stubbed: bool = False
-) -> Measurement:
-    stream = preset.stream
-    pipeline = StreamPipeline(models, stream)
-    pipeline.prepare(preset.prompt, preset.filter)
-    wrap = _Instant if models_stubbed else _Timed
-    unet = pipeline.unet = wrap(pipeline.unet, models.device)
-    encode = pipeline.codec.encode = wrap(pipeline.codec.encode, models.device)  # type: ignore[method-assign]
-    decode = pipeline.codec.decode = wrap(pipeline.codec.decode, models.device)  # type: ignore[method-assign]
-    f = stream.frame_buffer_size
-    load = FrameLoader(f, stream.height, stream.width, models.device, models.dtype)
-    images = list(_frames(stream.width, stream.height, (WARMUP_FRAMES + frames) * f, static))
-    steps = [np.stack(images[i : i + f]) for i in range(0, len(images), f)]
-    txt2img = stream.mode != "img2img"
-    start = 0.0
-    for index, group in enumerate(steps):
-        if index == WARMUP_FRAMES:
-            for timer in (unet, encode, decode):
-                timer.seconds, timer.rows, timer.calls = 0.0, 0, 0
-            _sync(models.device)
-            start = time.perf_counter()
-        image = None if txt2img else load(group)
-        to_unit_range(pipeline.step(image)).float().cpu().numpy()  # the host copy a sink makes
-    elapsed = time.perf_counter() - start
-    output_frames = frames * f
-    model_seconds = unet.seconds + encode.seconds + decode.seconds
-    return Measurement(
-        name=name,
-        fps=output_frames / elapsed,
-        unet_rows_per_frame=unet.rows / output_frames,
-        model_ms=1000 * model_seconds / output_frames,
-        overhead_ms=1000 * (elapsed - model_seconds) / output_frames,
-        skip_rate=1.0 - encode.calls / frames,
-        note="model calls stubbed out" if models_stubbed else "",
-    )
+class _Run:
+    """One benchmarked configuration: its pipeline with timed model calls, advanced a few frames at a time."""
+
+    def __init__(
+        self, models: Models, preset: Preset, name: str, static: bool = False, models_stubbed: bool = False
+    ) -> None:
+        stream = preset.stream
+        self.name, self.device, self.frames_per_step = name, models.device, stream.frame_buffer_size
+        self.pipeline = pipeline = StreamPipeline(models, stream)
+        pipeline.prepare(preset.prompt, preset.filter)
+        wrap = _Instant if models_stubbed else _Timed
+        self.unet = pipeline.unet = wrap(pipeline.unet, models.device)
+        self.encode = pipeline.codec.encode = wrap(pipeline.codec.encode, models.device)  # type: ignore[method-assign]
+        self.decode = pipeline.codec.decode = wrap(pipeline.codec.decode, models.device)  # type: ignore[method-assign]
+        self.load = FrameLoader(stream.frame_buffer_size, stream.height, stream.width, models.device, models.dtype)
+        self.txt2img = stream.mode != "img2img"
+        self.width, self.height = stream.width, stream.height
+        self.static, self.models_stubbed = static, models_stubbed
+        self.index, self.steps, self.seconds = 0, 0, 0.0
+        self.advance(WARMUP_FRAMES)
+        for timer in (self.unet, self.encode, self.decode):
+            timer.seconds, timer.rows, timer.calls = 0.0, 0, 0
+        self.steps, self.seconds = 0, 0.0
+
+    def advance(self, steps: int) -> None:
+        f = self.frames_per_step
+        groups = []
+        for _ in range(steps):
+            indices = [0 if self.static else self.index + i for i in range(f)]
+            groups.append(np.stack([pattern_image(i, self.width, self.height) for i in indices]))
+            self.index += f
+        _sync(self.device)
+        start = time.perf_counter()
+        for group in groups:
+            image = None if self.txt2img else self.load(group)
+            to_unit_range(self.pipeline.step(image)).float().cpu().numpy()  # the host copy a sink makes
+        _sync(self.device)
+        self.seconds += time.perf_counter() - start
+        self.steps += steps
+
+    def result(self) -> Measurement:
+        output_frames = self.steps * self.frames_per_step
+        model_seconds = self.unet.seconds + self.encode.seconds + self.decode.seconds
+        return Measurement(
+            name=self.name,
+            fps=output_frames / self.seconds,
+            unet_rows_per_frame=self.unet.rows / output_frames,
+            model_ms=1000 * model_seconds / output_frames,
+            overhead_ms=1000 * (self.seconds - model_seconds) / output_frames,
+            skip_rate=1.0 - self.encode.calls / self.steps,
+            note="model calls stubbed out" if self.models_stubbed else "",
+        )
+
+
+def measure_interleaved(runs: list[_Run], frames: int, rounds: int = 4) -> list[Measurement]:
+    """Advance every run a few frames at a time, in turn, so that a slow spell of a shared machine hits
+    all of them alike and the ratios between them hold."""
+    per_round = max(1, frames // rounds)
+    for _ in range(rounds):
+        for run in runs:
+            run.advance(per_round)
+    return [run.result() for run in runs]
 
 
 def _variant(preset: Preset, **changes: Any) -> Preset:
@@ -132,23 +160,30 @@ def _variant(preset: Preset, **changes: Any) -> Preset:
 
 
 def run_measurements(models: Models, preset: Preset, frames: int) -> list[Measurement]:
-    n = len(preset.stream.t_index_list)
-    cfg = preset.stream.cfg_type
-    results = [
-        measure(models, _variant(preset, stream__use_denoising_batch=True), f"stream batch (cfg {cfg}, n={n})", frames),
-        measure(models, _variant(preset, stream__use_denoising_batch=False), f"sequential (cfg {cfg}, n={n})", frames),
+    n, cfg = len(preset.stream.t_index_list), preset.stream.cfg_type
+    batch = [
+        _Run(models, _variant(preset, stream__use_denoising_batch=True), f"stream batch (cfg {cfg}, n={n})"),
+        _Run(models, _variant(preset, stream__use_denoising_batch=False), f"sequential (cfg {cfg}, n={n})"),
     ]
     # CFG at 512x512, the size users run: there the UNet dominates the frame as it does for real models.
     big = _variant(preset, stream__width=512, stream__height=512, stream__use_denoising_batch=True)
     guidance = max(preset.prompt.guidance, 1.2)  # guidance <= 1 would turn full/initialize into none
-    for cfg_type in ("none", "self", "initialize", "full"):
-        variant = _variant(big, stream__cfg_type=cfg_type, prompt__guidance=guidance)
-        results.append(measure(models, variant, f"cfg {cfg_type} (g={guidance}, 512x512)", max(4, frames // 4)))
-    on = {"filter__enabled": True}
-    results.append(measure(models, _variant(preset, **on), "ssf on, static input", frames, static=True))
-    results.append(measure(models, _variant(preset, **on), "ssf on, changing input", frames, static=False))
-    results.append(measure(models, big, "overhead (512x512, models stubbed)", frames * 4, models_stubbed=True))
-    return results
+    cfgs = [
+        _Run(models, _variant(big, stream__cfg_type=c, prompt__guidance=guidance), f"cfg {c} (g={guidance}, 512x512)")
+        for c in ("none", "self", "initialize", "full")
+    ]
+    on = _variant(preset, filter__enabled=True)
+    ssf = [
+        _Run(models, on, "ssf on, static input", static=True),
+        _Run(models, on, "ssf on, changing input", static=False),
+    ]
+    overhead = [_Run(models, big, "overhead (512x512, models stubbed)", models_stubbed=True)]
+    return (
+        measure_interleaved(batch, frames)
+        + measure_interleaved(cfgs, max(8, frames // 3))
+        + measure_interleaved(ssf, frames)
+        + measure_interleaved(overhead, frames * 4, rounds=1)
+    )
 
 
 def _reference_script(explicit: str | None) -> Path:
@@ -165,10 +200,12 @@ def _reference_script(explicit: str | None) -> Path:
 
 
 def reference_side_by_side(
-    models: Models, preset: Preset, python: str, script: str | None, frames: int
+    preset: Preset, python: str, script: str | None, frames: int, repeats: int = 5
 ) -> dict[str, Any]:
-    """Run the reference StreamDiffusion and ours over the same clip, same model and settings; report both
-    fps (each over the clip after its first frame) and the largest output difference."""
+    """Run the reference StreamDiffusion (run_reference.py) and ours (engine/clip_run.py, the same command line)
+    over the same clip, model and settings, each in a fresh process, taking turns `repeats` times so that a
+    shared machine's slow spells hit both; report the median fps of each (over the clip after its first frame,
+    as the reference script times itself) and the largest output difference."""
     from engine.tiny import TINY_MODEL_ID, TINY_VAE_ID, save_tiny_pipeline, save_tiny_taesd
 
     stream, prompt = preset.stream, preset.prompt
@@ -192,7 +229,7 @@ def reference_side_by_side(
         if preset.model.vae is not None:
             vae = save_tiny_taesd(work / "vae") if preset.model.vae == TINY_VAE_ID else Path(preset.model.vae)
             settings["vae_dir"] = str(vae)
-        clip = np.stack(list(_frames(stream.width, stream.height, frames + 1, static=False)))
+        clip = np.stack(list(_frames(stream.width, stream.height, max(frames, 48) + 1)))
         np.save(work / "clip.npy", clip)
         command = [
             python,
@@ -201,34 +238,29 @@ def reference_side_by_side(
             str(work / "clip.npy"),
             str(work / "ref.npy"),
         ]
-        done = subprocess.run([*command, json.dumps(settings)], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise DreamwireError(f"the reference run failed: {done.stderr.strip().splitlines()[-1:]}")
-        reference = json.loads(done.stdout.strip().splitlines()[-1])
-        ours, ours_fps = _our_clip_run(models, preset, clip)
-        difference = float(np.abs(ours - np.load(work / "ref.npy")).max())
+        ours_command = [sys.executable, "-m", "engine.clip_run", *command[2:4], str(work / "ours.npy")]
+        reference_runs, our_runs = [], []
+        for _ in range(repeats):  # both in fresh processes, taking turns
+            reference_runs.append(_clip_fps([*command, json.dumps(settings)], "the reference run"))
+            our_runs.append(_clip_fps([*ours_command, json.dumps(settings)], "our run"))
+        difference = float(np.abs(np.load(work / "ours.npy") - np.load(work / "ref.npy")).max())
+    reference_fps, ours_fps = statistics.median(reference_runs), statistics.median(our_runs)
     return {
-        "reference_fps": reference["fps"],
+        "reference_fps": reference_fps,
         "ours_fps": ours_fps,
-        "ratio": ours_fps / reference["fps"],
+        "ratio": ours_fps / reference_fps,
+        "reference_runs_fps": reference_runs,
+        "our_runs_fps": our_runs,
         "max_abs_diff": difference,
         "frames": len(clip),
     }
 
 
-def _our_clip_run(models: Models, preset: Preset, clip: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ours, timed as the reference script times itself: per frame preprocess, step, host copy."""
-    pipeline = StreamPipeline(models, preset.stream)
-    pipeline.prepare(preset.prompt, preset.filter)
-    stream = preset.stream
-    load = FrameLoader(1, stream.height, stream.width, models.device, models.dtype)
-    outputs, start = [], 0.0
-    for index, frame in enumerate(clip):
-        if index == 1:
-            start = time.perf_counter()
-        image = load(frame[None])
-        outputs.append(to_unit_range(pipeline.step(image))[0].float().cpu().numpy())
-    return np.stack(outputs), (len(clip) - 1) / (time.perf_counter() - start)
+def _clip_fps(command: list[str], what: str) -> float:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise DreamwireError(f"{what} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["fps"])
 
 
 def format_table(results: list[Measurement]) -> str:
@@ -268,9 +300,7 @@ def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
     if args.soak:
         report["soak"] = memory_soak(models, preset, args.soak)
     if args.reference_python:
-        report["reference"] = reference_side_by_side(
-            models, preset, args.reference_python, args.reference_script, args.frames
-        )
+        report["reference"] = reference_side_by_side(preset, args.reference_python, args.reference_script, args.frames)
     print(json.dumps(report, indent=2) if args.json else format_report(results, report))
     return report
 
@@ -297,8 +327,8 @@ def format_report(results: list[Measurement], report: dict[str, Any]) -> str:
     if "reference" in report:
         ref = report["reference"]
         lines.append(
-            f"reference side by side ({ref['frames']} frames): ours {ref['ours_fps']:.1f} fps, "
-            f"reference {ref['reference_fps']:.1f} fps, ratio {ref['ratio']:.2f}x, "
+            f"reference side by side ({ref['frames']} frames, median of {len(ref['our_runs_fps'])} runs each): "
+            f"ours {ref['ours_fps']:.1f} fps, reference {ref['reference_fps']:.1f} fps, ratio {ref['ratio']:.2f}x, "
             f"max |ours - reference| {ref['max_abs_diff']:.2e}"
         )
     lines.append(f"device: {report['device']}, torch threads: {report['threads']}")
