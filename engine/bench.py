@@ -229,7 +229,7 @@ def reference_side_by_side(
         if preset.model.vae is not None:
             vae = save_tiny_taesd(work / "vae") if preset.model.vae == TINY_VAE_ID else Path(preset.model.vae)
             settings["vae_dir"] = str(vae)
-        clip = np.stack(list(_frames(stream.width, stream.height, max(frames, 48) + 1)))
+        clip = np.stack(list(_frames(stream.width, stream.height, max(frames, 96) + 1)))
         np.save(work / "clip.npy", clip)
         command = [
             python,
