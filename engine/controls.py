@@ -45,6 +45,7 @@ class SetValue:
     path: str
     value: Any
     duration: Duration = CUT
+    bridges: tuple[Any, ...] = ()  # io.input / io.outputs: the bridges, built (not opened) by the sender
 
 
 @dataclass(frozen=True)

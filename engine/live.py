@@ -83,7 +83,14 @@ class LiveEngine:
     def set(self, path: str, value: Any, seconds: float | None = None, frames: int | None = None) -> None:
         """Change one parameter (dotted path from the registry); raises DreamwireError on a bad value."""
         duration = Duration(seconds, frames)
-        self.controls.put(SetValue(path, self.requested.validate(path, value), duration))
+        checked = self.requested.validate(path, value, keep=False)
+        # io: build the bridges here (building opens nothing), so a bad URI is refused to the sender.
+        bridges: tuple[Source | Sink, ...] = ()
+        if path == "io.input":
+            bridges = (open_source(checked),)
+        elif path == "io.outputs":
+            bridges = tuple(open_sink(uri) for uri in checked)
+        self.controls.put(SetValue(path, self.requested.validate(path, value), duration, bridges))
 
     def blend_prompts(
         self,
@@ -139,7 +146,10 @@ class LiveEngine:
                 control = self.controls.get_nowait()
             except queue.Empty:
                 break
-            self._apply(control)
+            try:
+                self._apply(control)
+            except DreamwireError as error:  # checked when sent; whatever still fails is one line, not a crash
+                log.error("%s", error)
         for result in self.encoder.poll():
             self._on_encoded(result)
         if self._rebuild is not None and self._rebuild.done():
@@ -247,8 +257,8 @@ class LiveEngine:
 
     def _apply(self, control: Control) -> None:
         match control:
-            case SetValue(path, value, duration):
-                self._apply_value(path, value, duration)
+            case SetValue(path, value, duration, bridges):
+                self._apply_value(path, value, duration, bridges)
             case BlendPrompts(items, method, duration):
                 weights = [w for _, w in items]
                 texts = tuple(t for t, _ in items)
@@ -264,7 +274,7 @@ class LiveEngine:
                 self.pipeline.prepare(self.preset.prompt, self.preset.filter)
                 log.info("reset: fresh noise and empty buffers")
 
-    def _apply_value(self, path: str, value: Any, duration: Duration) -> None:
+    def _apply_value(self, path: str, value: Any, duration: Duration, bridges: tuple[Any, ...]) -> None:
         section, name = path.split(".")
         if not registry()[path].live and section != "io":
             self._start_rebuild(path)  # self.preset takes the new values when the rebuild is done
@@ -291,9 +301,9 @@ class LiveEngine:
         elif section == "filter":
             self.pipeline.set_filter(self.preset.filter, seed=self.preset.prompt.seed)
         elif path == "io.input":
-            self._start_source(open_source(value))
+            self._start_source(bridges[0])
         elif path == "io.outputs":
-            self._start_sinks([open_sink(uri) for uri in value])
+            self._start_sinks(list(bridges))
 
     def _encode(self, key: str, texts: tuple[str, ...], embed: Embedder, duration: Duration) -> None:
         """Encode off this thread; the old prompt keeps rendering until the embedding is ready."""
@@ -365,7 +375,7 @@ class LiveEngine:
         assert future is not None
         try:
             models, pipeline, target = future.result()
-        except (DreamwireError, ValueError, RuntimeError, OSError) as error:
+        except Exception as error:  # a failed rebuild must never end the show: one line, keep what runs
             log.error("rebuild failed, keeping the running pipeline: %s", error)
             self.requested = RequestedValues(self.preset)
             return

@@ -241,3 +241,16 @@ def test_failed_rebuild_keeps_the_running_pipeline(engine, caplog):
     assert live.pipeline is pipeline
     assert "rebuild failed, keeping the running pipeline: model folder not found" in caplog.text
     assert live.requested.snapshot().model.id == "tiny"
+
+
+def test_io_change_with_a_bad_uri_is_refused_to_the_sender(engine, tmp_path):
+    live = engine()
+    with pytest.raises(DreamwireError, match=r"unknown source scheme 'webcam'"):
+        live.set("io.input", "webcam:0")
+    with pytest.raises(DreamwireError, match=r"spout: bridge is not built yet"):
+        live.set("io.outputs", ["spout:dreamwire"])
+    assert live.requested.snapshot().io.outputs == []
+    live.set("io.outputs", [f"file:{tmp_path / 'o.npy'}"])
+    live.apply_pending_controls()
+    assert [w.alive for w, _ in live.sink_workers] == [True]
+    live.close()
