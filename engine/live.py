@@ -330,17 +330,6 @@ class LiveEngine:
         else:
             self.transitions.start(name, start, target, seconds=duration.seconds, frames=duration.frames, interp=interp)
 
-    @property
-    def _transition_setters(self) -> dict[str, Callable[[Any], None]]:
-        pipeline = self.pipeline
-        return {
-            "cond": lambda v: pipeline.set_embeddings(v, pipeline.uncond),
-            "uncond": lambda v: pipeline.set_embeddings(pipeline.cond, v),
-            "prompt.guidance": lambda v: pipeline.set_guidance(v, pipeline.delta),
-            "prompt.delta": lambda v: pipeline.set_guidance(pipeline.guidance, v),
-            "noise": pipeline.set_noise,
-        }
-
     # ---- rebuilds ----------------------------------------------------------------------------------------
 
     def _build(self, models: Models, preset: Preset) -> StreamPipeline:
@@ -356,6 +345,14 @@ class LiveEngine:
         self.loader = FrameLoader(stream.frame_buffer_size, stream.height, stream.width, models.device, models.dtype)
         self._txt2img = stream.mode != "img2img"
         self._captures: deque[list[float]] = deque(maxlen=len(stream.t_index_list))
+        # What each transition (or cut) sets on this pipeline, once per frame while it runs.
+        self._transition_setters: dict[str, Callable[[Any], None]] = {
+            "cond": lambda v: pipeline.set_embeddings(v, pipeline.uncond),
+            "uncond": lambda v: pipeline.set_embeddings(pipeline.cond, v),
+            "prompt.guidance": lambda v: pipeline.set_guidance(v, pipeline.delta),
+            "prompt.delta": lambda v: pipeline.set_guidance(pipeline.guidance, v),
+            "noise": pipeline.set_noise,
+        }
 
     def _start_rebuild(self, reason: str) -> None:
         if self._rebuild is not None:

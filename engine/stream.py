@@ -138,12 +138,11 @@ class StreamPipeline:
         switches strategy (the uncond rows come or go) and re-lays the embeddings. Buffers are kept."""
         self.guidance, self.delta = guidance, delta
         cfg = select_cfg(self.config.cfg_type, guidance, delta, self.frames)
-        if type(cfg) is type(getattr(self, "cfg", None)):
-            self.cfg.__dict__.update(cfg.__dict__)
-            return
+        new_layout = type(cfg) is not type(getattr(self, "cfg", None))
         self.cfg: CfgStrategy = cfg
         self._update_residual: Callable[..., None] = self._residual_update if cfg.residual else _nothing
-        self.set_embeddings(self.cond, self.uncond)
+        if new_layout:
+            self.set_embeddings(self.cond, self.uncond)
 
     def set_embeddings(self, cond: torch.Tensor, uncond: torch.Tensor) -> None:
         """Swap the prompt (cond, uncond: [1, L, D]) without touching buffers or noise: no flash."""
