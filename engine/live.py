@@ -41,7 +41,7 @@ from engine.errors import DreamwireError
 from engine.frames import Frame
 from engine.image import FrameLoader, to_uint8
 from engine.io_threads import SinkWorker, SourceWorker
-from engine.metrics import EngineMetrics
+from engine.metrics import EngineMetrics, status_line
 from engine.models import Models, load_models
 from engine.params import registry
 from engine.prompt_encoder import EncodeFailure, EncodeResult, PromptEncoder
@@ -77,6 +77,8 @@ class LiveEngine:
         self.source_worker: SourceWorker | None = None
         self.sink_workers: list[tuple[SinkWorker, LatestFrameSlot[Frame]]] = []
         self._seen_input, self._seen_dropped = 0, 0
+        self._status_sinks: list[Any] = []
+        self._status_shown = 0.0
 
     # ---- other threads: send changes ------------------------------------------------------------------
 
@@ -166,7 +168,18 @@ class LiveEngine:
             self._publish(self._last_outputs)  # keep sending the last frame until the new pipeline is ready
         elif not self.paused:
             self._publish(self.process(frames))
+        self._show_status()
         return True
+
+    def _show_status(self) -> None:
+        """At most twice a second: the status line to the sinks that display text."""
+        now = time.perf_counter()
+        if not self._status_sinks or now - self._status_shown < 0.5:
+            return
+        self._status_shown = now
+        line = status_line(self.metrics.snapshot())
+        for sink in self._status_sinks:
+            sink.set_status(line)
 
     def process(self, frames: list[Frame]) -> list[Frame]:
         """One pipeline step on f input frames → the f frames leaving the pipeline (n − 1 steps later)."""
@@ -204,6 +217,8 @@ class LiveEngine:
 
     def _start_sinks(self, sinks: list[Sink]) -> None:
         self._stop_sinks()
+        # Sinks that can show text (the preview page) get the status line.
+        self._status_sinks = [sink for sink in sinks if hasattr(sink, "set_status")]
         for sink in sinks:
             slot: LatestFrameSlot[Frame] = LatestFrameSlot()
             worker = SinkWorker(sink, slot)

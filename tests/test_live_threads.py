@@ -106,12 +106,23 @@ def test_failing_sink_does_not_stop_the_others(tiny_models, caplog):
     assert 1 <= len(warnings) <= failing.calls // 2  # logged once per failure streak, not per frame
 
 
+class StatusSink(CountingSink):
+    """A sink that shows text, as the preview page does."""
+
+    status = ""
+
+    def set_status(self, text: str) -> None:
+        self.status = text
+
+
 def test_status_exposes_the_metrics(tiny_models):
     live = LiveEngine(preset(), models=tiny_models)
-    thread = threading.Thread(target=run_engine, args=(live, [CountingSink("s")], 1.5))
+    sink = StatusSink("page")
+    thread = threading.Thread(target=run_engine, args=(live, [sink], 1.5))
     thread.start()
     thread.join()
     status = live.status()
     for key in ("fps_out", "fps_in", "latency_p50_ms", "latency_p95_ms", "unet_ms", "skip_rate", "dropped", "power_w"):
         assert key in status
     assert status["fps_out"] > 0 and status["unet_ms"] > 0 and status["latency_p50_ms"] > 0
+    assert sink.status.startswith("out ") and "fps" in sink.status  # the same numbers, on the preview page
