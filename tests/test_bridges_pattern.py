@@ -39,7 +39,7 @@ def test_pacing_is_at_fps():
     for _ in range(10):
         source.read()
     elapsed = time.perf_counter() - start
-    assert 0.17 <= elapsed <= 0.5  # frame 9 is due at 9/50 = 0.18 s
+    assert 0.17 <= elapsed <= 1.0  # frame 9 is due at 9/50 = 0.18 s; the upper bound allows a loaded machine
 
 
 def test_uri_builds_sources_and_sinks():

@@ -76,7 +76,7 @@ def test_slow_sink_gets_the_newest_frame_and_drops_the_rest():
     assert len(sink.received) < 50  # ~2 ms of puts per 50 ms write: most frames are dropped, not queued
     assert len(sink.received) + slot.dropped == 100  # every frame was either written or counted as dropped
     assert sink.received == sorted(sink.received)
-    assert lag < 0.5  # at most about one write behind, not 100 x 50 ms
+    assert lag < 1.0  # at most about one write behind, not 100 x 50 ms = 5 s (loose for a loaded machine)
 
 
 def test_failing_sink_is_retried_logged_once_per_streak_and_healthy_sink_unaffected(caplog):
@@ -130,7 +130,7 @@ def test_stop_interrupts_backoff_and_closes():
     time.sleep(0.05)
     start = time.perf_counter()
     assert worker.stop(timeout=1.0)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 1.0  # the 30 s backoff was interrupted
     assert not worker.alive and sink.closes >= 1
 
 

@@ -89,18 +89,21 @@ def test_slow_sink_does_not_slow_the_engine_and_gets_the_newest_frame(tiny_model
     fast, slow = CountingSink("fast"), CountingSink("slow", delay=0.25)
     live = LiveEngine(preset(), models=tiny_models)
     run_engine(live, [fast, slow], seconds=2.0)
-    print(f"engine frames: alone {len(fast_alone.indices)}, beside a slow sink {len(fast.indices)}")
-    assert len(fast.indices) >= 0.8 * len(fast_alone.indices)  # generous: timing on a shared 2-core machine
-    assert len(slow.indices) < len(fast.indices) / 2  # it really was slow, and dropped frames instead of lagging
+    print(f"engine frames: alone {len(fast_alone.indices)}, beside a slow sink {live.frame_number}")
+    # Structural: the engine produced far more frames than the slow sink could take (it was not paced by it) ...
+    assert live.frame_number >= 3 * len(slow.indices)
+    # ... and about as many as without it (loose: this is a shared 2-core machine; bench measures speed).
+    assert live.frame_number >= 0.5 * len(fast_alone.indices)
     assert slow.indices == sorted(slow.indices)
     assert slow.indices[-1] >= live.frame_number - 2  # it ends on (about) the newest frame, not a stale backlog
 
 
 def test_failing_sink_does_not_stop_the_others(tiny_models, caplog):
     healthy, failing = CountingSink("healthy"), CountingSink("flaky", fail_every=2)
-    run_engine(LiveEngine(preset(), models=tiny_models), [healthy, failing], seconds=2.0)
-    assert len(healthy.indices) > 10
-    assert healthy.indices == list(range(healthy.indices[0], healthy.indices[0] + len(healthy.indices)))
+    live = LiveEngine(preset(), models=tiny_models)
+    run_engine(live, [healthy, failing], seconds=2.0)
+    assert len(healthy.indices) > 10 and healthy.indices == sorted(set(healthy.indices))
+    assert healthy.indices[-1] >= live.frame_number - 2  # it kept receiving up to the end
     assert failing.calls > 2 and failing.indices  # retried after each failure
     warnings = [r for r in caplog.records if "flaky" in r.getMessage() and r.levelname == "WARNING"]
     assert 1 <= len(warnings) <= failing.calls // 2  # logged once per failure streak, not per frame
