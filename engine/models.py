@@ -60,13 +60,14 @@ def _looks_like_path(model_id: str) -> bool:
     return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).expanduser().exists()
 
 
-def _missing_model(model_id: str, what: str, error: Exception) -> DreamwireError:
+def _missing_model(model_id: str, what: str, reason: str) -> DreamwireError:
+    """The one paragraph for a model that is neither a local folder nor cached, and could not be downloaded."""
     return DreamwireError(
-        f"Could not load the {what} {model_id!r}: it is not a local folder and is not in the Hugging Face cache, "
-        f"and downloading it failed ({type(error).__name__}). Either connect to the network once so it can be "
-        f"cached, or download it elsewhere and point at the folder, e.g. `--set model.id=/path/to/sd-turbo` "
-        f"(a diffusers folder with unet/, vae/, text_encoder/, tokenizer/, scheduler/). The built-in `tiny` "
-        f"model runs offline: `--preset offline-demo`."
+        f"Could not load the {what} {model_id!r}: it is not a local folder, not in the Hugging Face cache, and "
+        f"{reason}. Connect to the network once so it can be cached, or download it elsewhere and point at the "
+        f"folder, e.g. `--set model.id=/path/to/sd-turbo` (a diffusers folder with unet/, vae/, text_encoder/, "
+        f"tokenizer/, scheduler/) and `--set model.vae=/path/to/taesd`. The built-in `tiny` model runs offline: "
+        f"`--preset offline-demo`."
     )
 
 
@@ -88,7 +89,7 @@ def _from_pretrained(cls: Any, model_id: str, what: str, **kwargs: Any) -> Any:
     try:
         return cls.from_pretrained(model_id, **kwargs)
     except Exception as error:  # hub/network errors come in many types; all mean "not available"
-        raise _missing_model(model_id, what, error) from error
+        raise _missing_model(model_id, what, f"downloading it failed ({type(error).__name__})") from error
 
 
 def hub_reachable(model_id: str, what: str, timeout_s: float = 3.0) -> None:
@@ -99,18 +100,8 @@ def hub_reachable(model_id: str, what: str, timeout_s: float = 3.0) -> None:
             (endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout=timeout_s
         ).close()
     except OSError as error:
-        message = _HUB_UNREACHABLE.format(what=what, model_id=model_id, host=endpoint.hostname, error=error)
-        raise DreamwireError(message) from None
-
-
-_HUB_UNREACHABLE = (
-    "Could not load the {what} {model_id!r}: it is not a local folder, not in the Hugging Face cache, and the hub "
-    "({host}) cannot be reached ({error}). "
-    "Connect to the network once so it can be cached, or download it elsewhere and point at the folder, e.g. "
-    "`--set model.id=/path/to/sd-turbo` (a diffusers folder with unet/, vae/, text_encoder/, tokenizer/, "
-    "scheduler/) and `--set model.vae=/path/to/taesd`. The built-in `tiny` model runs offline: "
-    "`--preset offline-demo`."
-)
+        reason = f"the hub ({endpoint.hostname}) cannot be reached ({error})"
+        raise _missing_model(model_id, what, reason) from None
 
 
 def _load_vae(vae_id: str, dtype: torch.dtype) -> torch.nn.Module:
