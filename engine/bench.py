@@ -27,7 +27,7 @@ import torch
 from bridges.pattern import pattern_image
 from engine.config import Preset
 from engine.errors import DreamwireError
-from engine.image import FrameLoader, to_unit_range
+from engine.image import to_unit_range
 from engine.models import Models, load_models
 from engine.stream import StreamPipeline
 
@@ -95,13 +95,12 @@ class _Run:
     ) -> None:
         stream = preset.stream
         self.name, self.device, self.frames_per_step = name, models.device, stream.frame_buffer_size
-        self.pipeline = pipeline = StreamPipeline(models, stream)
-        pipeline.prepare(preset.prompt, preset.filter)
+        self.pipeline = pipeline = StreamPipeline.prepared(models, stream, preset.prompt, preset.filter)
         wrap = _Instant if models_stubbed else _Timed
         self.unet = pipeline.unet = wrap(pipeline.unet, models.device)
         self.encode = pipeline.codec.encode = wrap(pipeline.codec.encode, models.device)  # type: ignore[method-assign]
         self.decode = pipeline.codec.decode = wrap(pipeline.codec.decode, models.device)  # type: ignore[method-assign]
-        self.load = FrameLoader(stream.frame_buffer_size, stream.height, stream.width, models.device, models.dtype)
+        self.load = pipeline.frame_loader()
         self.txt2img = stream.mode != "img2img"
         self.width, self.height = stream.width, stream.height
         self.static, self.models_stubbed = static, models_stubbed

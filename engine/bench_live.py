@@ -14,7 +14,7 @@ import numpy as np
 from bridges.pattern import PatternSource, pattern_image
 from engine.config import Preset
 from engine.frames import Frame
-from engine.image import FrameLoader, to_uint8
+from engine.image import to_uint8
 from engine.live import LiveEngine
 from engine.models import Models
 from engine.stream import StreamPipeline
@@ -76,9 +76,8 @@ class _NullSink:
 def bare_pipeline_fps(models: Models, preset: Preset, seconds: float) -> float:
     """The pipeline alone in a loop: load, step, host copy (what the engine does, minus the engine)."""
     stream = preset.stream
-    pipeline = StreamPipeline(models, stream)
-    pipeline.prepare(preset.prompt, preset.filter)
-    load = FrameLoader(1, stream.height, stream.width, models.device, models.dtype)
+    pipeline = StreamPipeline.prepared(models, stream, preset.prompt, preset.filter)
+    load = pipeline.frame_loader()
     images = [pattern_image(i, stream.width, stream.height)[None] for i in range(64)]
     for image in images[:3]:
         to_uint8(pipeline.step(load(image)))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engine.config import FilterConfig, ModelConfig, PromptConfig, StreamConfig
-from engine.image import FrameLoader, to_unit_range
+from engine.image import to_unit_range
 from engine.models import load_models
 from engine.stream import StreamPipeline
 
@@ -42,9 +42,8 @@ def run_clip(model_dir: str, frames: np.ndarray, settings: dict[str, Any]) -> tu
         delta=settings.get("delta", 1.0),
         seed=settings.get("seed", 2),
     )
-    pipeline = StreamPipeline(models, stream)
-    pipeline.prepare(prompt, FilterConfig())
-    load = FrameLoader(1, height, width, models.device, models.dtype)
+    pipeline = StreamPipeline.prepared(models, stream, prompt, FilterConfig())
+    load = pipeline.frame_loader()
     outputs, start = [], 0.0
     with torch.no_grad():
         for index in range(n):

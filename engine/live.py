@@ -39,7 +39,7 @@ from engine.controls import (
 )
 from engine.errors import DreamwireError
 from engine.frames import Frame
-from engine.image import FrameLoader, to_uint8
+from engine.image import to_uint8
 from engine.io_threads import SinkWorker, SourceWorker
 from engine.metrics import EngineMetrics, status_line
 from engine.models import Models, load_models
@@ -348,16 +348,14 @@ class LiveEngine:
     # ---- rebuilds ----------------------------------------------------------------------------------------
 
     def _build(self, models: Models, preset: Preset) -> StreamPipeline:
-        pipeline = StreamPipeline(models, preset.stream)
-        pipeline.prepare(preset.prompt, preset.filter)
-        return pipeline
+        return StreamPipeline.prepared(models, preset.stream, preset.prompt, preset.filter)
 
     def _install(self, models: Models, pipeline: StreamPipeline) -> None:
         self.models, self.pipeline = models, pipeline
         self.unet_timer = TimedBackend(pipeline.unet, models.device)
         pipeline.unet = self.unet_timer
         stream = pipeline.config
-        self.loader = FrameLoader(stream.frame_buffer_size, stream.height, stream.width, models.device, models.dtype)
+        self.loader = pipeline.frame_loader()
         self._txt2img = stream.mode != "img2img"
         self._captures: deque[list[float]] = deque(maxlen=len(stream.t_index_list))
         # What each transition (or cut) sets on this pipeline, once per frame while it runs.

@@ -14,7 +14,7 @@ import numpy as np
 from engine.clip_io import ClipWriter, iter_clip
 from engine.config import Preset
 from engine.errors import DreamwireError
-from engine.image import FrameLoader, to_unit_range
+from engine.image import to_unit_range
 from engine.models import load_models
 from engine.stream import StreamPipeline
 
@@ -50,10 +50,9 @@ def render(preset: Preset, input_path: str | None, output_path: str, frames: int
     if input_path is not None and not Path(input_path).exists():
         raise DreamwireError(f"input not found: {input_path!r}")
     models = load_models(preset.model)
-    pipeline = StreamPipeline(models, stream)
-    pipeline.prepare(preset.prompt, preset.filter)
+    pipeline = StreamPipeline.prepared(models, stream, preset.prompt, preset.filter)
+    load = pipeline.frame_loader()
     size = (stream.height, stream.width)
-    load = FrameLoader(stream.frame_buffer_size, stream.height, stream.width, models.device, models.dtype)
     source: Iterable[np.ndarray] = (
         iter_clip(input_path)
         if input_path is not None

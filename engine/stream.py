@@ -21,6 +21,7 @@ from engine.cfg import CfgStrategy, select_cfg
 from engine.codec import make_codec
 from engine.config import FilterConfig, PromptConfig, StreamConfig, check_t_index_list
 from engine.errors import DreamwireError
+from engine.image import FrameLoader
 from engine.models import Models
 from engine.schedule import SlotTables, build_slot_tables, slot_rows
 from engine.similarity_filter import NoFilter, SimilarityFilter
@@ -55,6 +56,19 @@ class StreamPipeline:
         self.filter: SimilarityFilter | NoFilter = NoFilter()
         self.last_output: torch.Tensor | None = None
         self.skipped = False  # whether the last step() was skipped by the similarity filter
+
+    @classmethod
+    def prepared(
+        cls, models: Models, stream: StreamConfig, prompt: PromptConfig, filter_config: FilterConfig
+    ) -> StreamPipeline:
+        """A pipeline for these settings, prepared and ready for step()."""
+        pipeline = cls(models, stream)
+        pipeline.prepare(prompt, filter_config)
+        return pipeline
+
+    def frame_loader(self) -> FrameLoader:
+        """A loader of host frames at this pipeline's size, batch and device (its buffers allocated once)."""
+        return FrameLoader(self.frames, self.config.height, self.config.width, self.device, self.dtype)
 
     # ---- set-up (not per frame) -------------------------------------------------------------------
 
