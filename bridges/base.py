@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from engine.errors import DreamwireError
-from engine.frames import Frame
+from engine.core.errors import DreamwireError
+from engine.core.frames import Frame
 
 
 class BridgeUnavailable(DreamwireError):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.clip_io import ClipWriter, iter_clip
-from engine.errors import DreamwireError
-from engine.frames import Frame
+from bridges.clip_io import ClipWriter, iter_clip
+from engine.core.errors import DreamwireError
+from engine.core.frames import Frame
 
 
 class FileSource:

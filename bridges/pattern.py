@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from engine.errors import DreamwireError
-from engine.frames import Frame
+from engine.core.errors import DreamwireError
+from engine.core.frames import Frame
 
 _BITS = 16  # frame-index strip at the bottom: 16 cells, white = 1, most significant bit first
 

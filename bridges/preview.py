@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from bridges.base import BridgeUnavailable
-from engine.errors import DreamwireError
-from engine.frames import Frame
+from engine.core.errors import DreamwireError
+from engine.core.frames import Frame
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from bridges.base import BridgeUnavailable, Sink, Source
-from engine.errors import DreamwireError
+from engine.core.errors import DreamwireError
 
 Direction = Literal["source", "sink"]
 

@@ -12,8 +12,8 @@ import logging
 import threading
 import time
 
-from engine.live import LiveEngine
-from engine.preset import load_preset
+from engine.config.presets import load_preset
+from engine.live.loop import LiveEngine
 
 CUES: list[tuple[float, str, dict]] = [  # (seconds from start, what, arguments)
     (2.0, "prompt", {"path": "prompt.text", "value": "a forest of glass, morning light", "seconds": 2.0}),

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from bridges.pattern import pattern_image
-from engine.config import FilterConfig, ModelConfig, PromptConfig, StreamConfig
-from engine.models import Models, load_models
-from engine.stream import StreamPipeline
+from engine.config.schema import FilterConfig, ModelConfig, PromptConfig, StreamConfig
+from engine.pipeline.models import Models, load_models
+from engine.pipeline.stream import StreamPipeline
 
 SIZE = 64  # pixels; latents are 8x8 with the tiny VAE's factor 8
 
@@ -28,7 +28,7 @@ def tiny_models() -> Models:
 @pytest.fixture(scope="session")
 def tiny_taesd_models(tiny_models: Models) -> Models:
     """The same UNet and text encoder with the tiny TAESD (deterministic latents)."""
-    from engine.tiny import build_taesd
+    from engine.pipeline.tiny import build_taesd
 
     return Models(**{**tiny_models.__dict__, "vae": build_taesd()})
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from engine.blending import blend_embeddings, blend_noise, slerp
+from engine.live.blending import blend_embeddings, blend_noise, slerp
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -10,7 +10,7 @@ import pytest
 from bridges.base import BridgeUnavailable, Source
 from bridges.pattern import PatternSource, pattern_image
 from bridges.uri import open_sink, open_source
-from engine.errors import DreamwireError
+from engine.core.errors import DreamwireError
 
 
 def test_pattern_is_deterministic_and_moves():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import clip
 
-from engine.cli import main
-from engine.clip_io import iter_clip
+from bridges.clip_io import iter_clip
+from engine.commands.cli import main
 
 SMALL = ["--preset", "offline-demo", "--set", "stream.width=64", "--set", "stream.height=64"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bridges.clip_io import ClipWriter, clip_length, iter_clip
 from bridges.pattern import pattern_image
-from engine.clip_io import ClipWriter, clip_length, iter_clip
-from engine.errors import DreamwireError
+from engine.core.errors import DreamwireError
 
 
 def _clip(n: int = 6, width: int = 64, height: int = 48) -> list[np.ndarray]:

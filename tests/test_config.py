@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import DreamwireError
-from engine.params import markdown_table, registry
-from engine.preset import available_presets, load_preset
+from engine.config.presets import available_presets, load_preset
+from engine.config.registry import markdown_table, registry
+from engine.core.errors import DreamwireError
 
 
 def test_required_presets_load():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.params import markdown_table
+from engine.config.registry import markdown_table
 
 
 def test_readme_parameter_table_matches_the_registry():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert markdown_table() in readme, "regenerate the README table from engine.params.markdown_table()"
+    assert markdown_table() in readme, "regenerate the README table from engine.config.registry.markdown_table()"

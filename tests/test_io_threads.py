@@ -9,12 +9,12 @@ import time
 
 import numpy as np
 
+from bridges.clip_io import ClipWriter
 from bridges.file import FileSink, FileSource
 from bridges.pattern import PatternSource, pattern_image
-from engine.clip_io import ClipWriter
-from engine.frames import Frame
-from engine.io_threads import SinkWorker, SourceWorker
-from engine.slot import LatestFrameSlot
+from engine.core.frames import Frame
+from engine.core.slot import LatestFrameSlot
+from engine.live.io_threads import SinkWorker, SourceWorker
 
 _IMAGE = np.zeros((8, 8, 3), np.uint8)
 
@@ -80,7 +80,7 @@ def test_slow_sink_gets_the_newest_frame_and_drops_the_rest():
 
 
 def test_failing_sink_is_retried_logged_once_per_streak_and_healthy_sink_unaffected(caplog):
-    caplog.set_level(logging.INFO, logger="engine.io_threads")
+    caplog.set_level(logging.INFO, logger="engine.live.io_threads")
     flaky_slot: LatestFrameSlot[Frame] = LatestFrameSlot()
     busy_slot: LatestFrameSlot[Frame] = LatestFrameSlot()
     healthy_slot: LatestFrameSlot[Frame] = LatestFrameSlot()

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import SIZE, clip
 
-from engine.config import Preset
-from engine.errors import DreamwireError
-from engine.frames import Frame
-from engine.live import LiveEngine
+from engine.config.schema import Preset
+from engine.core.errors import DreamwireError
+from engine.core.frames import Frame
+from engine.live.loop import LiveEngine
 
 
 def preset(**stream: object) -> Preset:
@@ -31,7 +31,7 @@ def engine(tiny_models):
     engines: list[LiveEngine] = []
 
     def make(**stream: object) -> LiveEngine:
-        from engine.tiny import build_taesd
+        from engine.pipeline.tiny import build_taesd
 
         models = type(tiny_models)(**{**tiny_models.__dict__, "vae": build_taesd()})
         engines.append(LiveEngine(preset(**stream), models=models))
@@ -173,7 +173,7 @@ def test_prompt_and_seed_blends_with_single_weight_equal_the_single_one(engine):
     live.blend_seeds([(11, 0.5), (12, 0.5)])
     live.apply_pending_controls()
     mid = live.pipeline.noise
-    assert mid.norm() == pytest.approx(live.pipeline.noise_for_seed(11).norm(), rel=0.03)
+    assert float(mid.norm()) == pytest.approx(float(live.pipeline.noise_for_seed(11).norm()), rel=0.03)
     with pytest.raises(DreamwireError, match=r"seed.blend weights \[-1.0\]"):
         live.blend_seeds([(1, -1.0)])
 
@@ -204,7 +204,7 @@ def test_rebuild_holds_the_last_frame_then_continues(engine):
 
     live.sink_workers = []
     live._publish = lambda frames: (sent.extend(frames), setattr(live, "_last_outputs", frames))  # type: ignore
-    from engine.slot import LatestFrameSlot
+    from engine.core.slot import LatestFrameSlot
 
     live.input_slot = LatestFrameSlot()
     images = clip(30)
@@ -288,7 +288,7 @@ def test_seed_transition_keeps_the_noise_gaussian_and_lands_exactly(engine):
 
 def test_pause_holds_and_reset_restarts(engine):
     live = engine()
-    from engine.slot import LatestFrameSlot
+    from engine.core.slot import LatestFrameSlot
 
     sent: list[Frame] = []
     live._publish = lambda frames: sent.extend(frames)  # type: ignore[method-assign]

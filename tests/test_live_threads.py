@@ -12,8 +12,8 @@ import time
 import numpy as np
 from test_live import preset
 
-from engine.frames import Frame
-from engine.live import LiveEngine
+from engine.core.frames import Frame
+from engine.live.loop import LiveEngine
 
 
 class CountingSink:
@@ -53,7 +53,7 @@ def test_sigterm_stops_cleanly_and_the_file_is_complete(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "engine.cli",
+        "engine.commands.cli",
         "run",
         "--preset",
         "offline-demo",

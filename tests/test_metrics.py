@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from engine.metrics import EngineMetrics, NvmlPower, StatusLinePrinter, status_line
+from engine.live.metrics import EngineMetrics, NvmlPower, StatusLinePrinter, status_line
 
 KEYS = {"fps_out", "fps_in", "latency_p50_ms", "latency_p95_ms", "unet_ms", "skip_rate", "dropped", "power_w", "frames"}
 
@@ -185,7 +185,7 @@ def test_printer_rewrites_one_tty_line_at_most_every_half_second():
 
 
 def test_printer_logs_every_five_seconds_when_not_a_tty(caplog):
-    caplog.set_level(logging.INFO, logger="engine.metrics")
+    caplog.set_level(logging.INFO, logger="engine.live.metrics")
     out = io.StringIO()
     p = StatusLinePrinter(EngineMetrics(power_fn=_no_power), stream=out)
     assert not p.is_tty

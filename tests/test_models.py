@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import clip, make_pipeline, to_input
 
-from engine.config import ModelConfig
-from engine.errors import DreamwireError
-from engine.models import load_models, resolve_device
-from engine.tiny import save_tiny_pipeline, save_tiny_taesd
+from engine.config.schema import ModelConfig
+from engine.core.errors import DreamwireError
+from engine.pipeline.models import load_models, resolve_device
+from engine.pipeline.tiny import save_tiny_pipeline, save_tiny_taesd
 
 
 def test_tiny_saves_as_a_diffusers_folder_and_loads_back(tmp_path, tiny_models):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from bridges.pattern import pattern_image
 from bridges.preview import PreviewSink
-from engine.frames import Frame
+from engine.core.frames import Frame
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from engine.prompt_encoder import EncodeFailure, EncodeResult, PromptEncoder
+from engine.live.prompt_encoder import EncodeFailure, EncodeResult, PromptEncoder
 
 
 class FakeEncoder:
@@ -94,7 +94,7 @@ def test_lru_eviction(fake):
 
 
 def test_failure_is_reported_logged_once_and_worker_keeps_working(fake, caplog):
-    caplog.set_level(logging.WARNING, logger="engine.prompt_encoder")
+    caplog.set_level(logging.WARNING, logger="engine.live.prompt_encoder")
     with PromptEncoder(fake) as enc:
         enc.request("k", ("fine", "boom 1"))
         enc.request("j", ("boom 2",))

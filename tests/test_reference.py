@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from conftest import clip
 
-from engine.config import FilterConfig, ModelConfig, PromptConfig, StreamConfig
-from engine.image import FrameLoader, to_unit_range
-from engine.models import load_models
-from engine.stream import StreamPipeline
-from engine.tiny import save_tiny_pipeline, save_tiny_taesd
+from engine.config.schema import FilterConfig, ModelConfig, PromptConfig, StreamConfig
+from engine.pipeline.image import FrameLoader, to_unit_range
+from engine.pipeline.models import load_models
+from engine.pipeline.stream import StreamPipeline
+from engine.pipeline.tiny import save_tiny_pipeline, save_tiny_taesd
 
 TOOLS = Path(__file__).resolve().parents[2] / "shared" / "tools" / "reference"
 VENV = Path(os.environ.get("DREAMWIRE_REFERENCE_VENV", "/tmp/streamdiffusion-reference"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import clip, count_unet, make_pipeline, to_input
 
-from engine.similarity_filter import SimilarityFilter, skip_probability
+from engine.pipeline.similarity_filter import SimilarityFilter, skip_probability
 
 
 @pytest.mark.parametrize(

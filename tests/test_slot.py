@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from engine.slot import LatestFrameSlot
+from engine.core.slot import LatestFrameSlot
 
 
 def test_latest_wins_and_dropped_counts_overwrites():

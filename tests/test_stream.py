@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import SIZE, clip, count_unet, make_pipeline, to_input
 
-from engine.errors import DreamwireError
+from engine.core.errors import DreamwireError
 
 
 def run(pipeline, frames) -> list[torch.Tensor]:
@@ -79,7 +79,7 @@ def test_prepare_again_resets_to_the_same_frames(tiny_models):
     """A second prepare with the same seed restarts the stream exactly (the reference loses the seed)."""
     pipeline = make_pipeline(tiny_models, {"seed": 3})
     first = run(pipeline, clip(3))
-    from engine.config import PromptConfig
+    from engine.config.schema import PromptConfig
 
     pipeline.prepare(PromptConfig(text="a photo", seed=3))
     second = run(pipeline, clip(3))

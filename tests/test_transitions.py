@@ -5,8 +5,8 @@ import functools
 import pytest
 import torch
 
-from engine.blending import slerp
-from engine.transitions import Transition, TransitionSet, ease
+from engine.live.blending import slerp
+from engine.live.transitions import Transition, TransitionSet, ease
 
 
 def test_easing_endpoints_and_shape():

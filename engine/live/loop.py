@@ -25,9 +25,13 @@ import torch
 
 from bridges.base import Sink, Source
 from bridges.uri import open_sink, open_source
-from engine.blending import blend_embeddings, blend_noise, slerp
-from engine.config import Preset
-from engine.controls import (
+from engine.config.registry import registry
+from engine.config.schema import Preset
+from engine.core.errors import DreamwireError
+from engine.core.frames import Frame
+from engine.core.slot import LatestFrameSlot
+from engine.live.blending import blend_embeddings, blend_noise, slerp
+from engine.live.controls import (
     BlendPrompts,
     BlendSeeds,
     Control,
@@ -37,18 +41,14 @@ from engine.controls import (
     Reset,
     SetValue,
 )
-from engine.errors import DreamwireError
-from engine.frames import Frame
-from engine.image import to_uint8
-from engine.io_threads import SinkWorker, SourceWorker
-from engine.metrics import EngineMetrics, status_line
-from engine.models import Models, load_models
-from engine.params import registry
-from engine.prompt_encoder import EncodeFailure, EncodeResult, PromptEncoder
-from engine.slot import LatestFrameSlot
-from engine.stream import StreamPipeline
-from engine.timing import TimedBackend
-from engine.transitions import TransitionSet
+from engine.live.io_threads import SinkWorker, SourceWorker
+from engine.live.metrics import EngineMetrics, status_line
+from engine.live.prompt_encoder import EncodeFailure, EncodeResult, PromptEncoder
+from engine.live.timing import TimedBackend
+from engine.live.transitions import TransitionSet
+from engine.pipeline.image import to_uint8
+from engine.pipeline.models import Models, load_models
+from engine.pipeline.stream import StreamPipeline
 
 log = logging.getLogger(__name__)
 

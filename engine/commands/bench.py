@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from bridges.pattern import pattern_image
-from engine.config import Preset
-from engine.errors import DreamwireError
-from engine.image import to_unit_range
-from engine.models import Models, load_models
-from engine.stream import StreamPipeline
+from engine.config.schema import Preset
+from engine.core.errors import DreamwireError
+from engine.pipeline.image import to_unit_range
+from engine.pipeline.models import Models, load_models
+from engine.pipeline.stream import StreamPipeline
 
 log = logging.getLogger(__name__)
 WARMUP_FRAMES = 3
@@ -205,7 +205,7 @@ def reference_side_by_side(
     over the same clip, model and settings, each in a fresh process, taking turns `repeats` times so that a
     shared machine's slow spells hit both; report the median fps of each (over the clip after its first frame,
     as the reference script times itself) and the largest output difference."""
-    from engine.tiny import TINY_MODEL_ID, TINY_VAE_ID, save_tiny_pipeline, save_tiny_taesd
+    from engine.pipeline.tiny import TINY_MODEL_ID, TINY_VAE_ID, save_tiny_pipeline, save_tiny_taesd
 
     stream, prompt = preset.stream, preset.prompt
     if stream.frame_buffer_size != 1 or stream.mode != "img2img":
@@ -237,7 +237,7 @@ def reference_side_by_side(
             str(work / "clip.npy"),
             str(work / "ref.npy"),
         ]
-        ours_command = [sys.executable, "-m", "engine.clip_run", *command[2:4], str(work / "ours.npy")]
+        ours_command = [sys.executable, "-m", "engine.commands.clip_run", *command[2:4], str(work / "ours.npy")]
         reference_runs, our_runs = [], []
         for _ in range(repeats):  # both in fresh processes, taking turns
             reference_runs.append(_clip_fps([*command, json.dumps(settings)], "the reference run"))
@@ -282,7 +282,7 @@ def ratios(results: list[Measurement]) -> dict[str, float]:
 
 
 def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
-    from engine.bench_live import loop_efficiency, memory_soak, prompt_change_frame_times
+    from engine.commands.bench_live import loop_efficiency, memory_soak, prompt_change_frame_times
 
     torch.set_grad_enabled(False)
     models = load_models(preset.model)
@@ -335,7 +335,7 @@ def format_report(results: list[Measurement], report: dict[str, Any]) -> str:
 
 
 def load_device_name(preset: Preset) -> str:
-    from engine.models import resolve_device
+    from engine.pipeline.models import resolve_device
 
     device, dtype = resolve_device(preset.model.device, preset.model.dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -7,7 +7,7 @@ from collections import deque
 
 import torch
 
-from engine.backends import UNetBackend
+from engine.backends.unet import UNetBackend
 
 
 class TimedBackend:

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from engine.config import Preset
-from engine.errors import DreamwireError
-from engine.params import registry
-from engine.preset import describe_validation_error
+from engine.config.presets import describe_validation_error
+from engine.config.registry import registry
+from engine.config.schema import Preset
+from engine.core.errors import DreamwireError
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from engine.config import Preset
-from engine.errors import DreamwireError
-from engine.params import registry
+from engine.config.registry import registry
+from engine.config.schema import Preset
+from engine.core.errors import DreamwireError
 
 
 def available_presets() -> list[str]:

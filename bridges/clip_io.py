@@ -5,7 +5,7 @@ A clip is one of (decided by suffix):
 - a video (.mp4 .mov .mkv .avi .webm), via PyAV;
 - anything else: a folder of PNG/JPEG images, sorted by file name.
 
-Readers yield (H, W, 3) uint8 RGB frames (the engine.frames.Frame format). Writers take uint8 or float [0, 1]
+Readers yield (H, W, 3) uint8 RGB frames (the engine.core.frames.Frame format). Writers take uint8 or float [0, 1]
 frames and write .npy as (N, H, W, 3) float32 in [0, 1], PNG folders as frame_000000.png..., videos as yuv420p.
 """
 
@@ -23,7 +23,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
-from engine.errors import DreamwireError
+from engine.core.errors import DreamwireError
 
 log = logging.getLogger(__name__)
 

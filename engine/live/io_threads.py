@@ -21,8 +21,8 @@ import logging
 import threading
 
 from bridges.base import Sink, Source
-from engine.frames import Frame
-from engine.slot import LatestFrameSlot
+from engine.core.frames import Frame
+from engine.core.slot import LatestFrameSlot
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import logging
 import signal
 from types import FrameType
 
-from engine.config import Preset
-from engine.live import LiveEngine
-from engine.metrics import StatusLinePrinter
+from engine.config.schema import Preset
+from engine.live.loop import LiveEngine
+from engine.live.metrics import StatusLinePrinter
 
 log = logging.getLogger(__name__)
 

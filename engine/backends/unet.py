@@ -6,7 +6,7 @@ from typing import Protocol
 
 import torch
 
-from engine.errors import DreamwireError
+from engine.core.errors import DreamwireError
 
 
 class UNetBackend(Protocol):

@@ -1,7 +1,7 @@
 """Our side of the side-by-side check: the same command line and output as the reference's run_reference.py
 (../shared/tools/reference), so `dreamwire bench` can run both the same way, each in a fresh process.
 
-    python -m engine.clip_run MODEL_DIR FRAMES.npy OUT.npy '{"t_index_list": [32, 45], "cfg_type": "self", ...}'
+    python -m engine.commands.clip_run MODEL_DIR FRAMES.npy OUT.npy '{"t_index_list": [32, 45], ...}'
 
 Prints one JSON line: fps over the clip (after the first frame), frames, shape.
 """
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.config import FilterConfig, ModelConfig, PromptConfig, StreamConfig
-from engine.image import to_unit_range
-from engine.models import load_models
-from engine.stream import StreamPipeline
+from engine.config.schema import FilterConfig, ModelConfig, PromptConfig, StreamConfig
+from engine.pipeline.image import to_unit_range
+from engine.pipeline.models import load_models
+from engine.pipeline.stream import StreamPipeline
 
 
 def run_clip(model_dir: str, frames: np.ndarray, settings: dict[str, Any]) -> tuple[np.ndarray, float]:

@@ -16,15 +16,15 @@ from collections.abc import Callable
 
 import torch
 
-from engine.backends import make_unet_backend
-from engine.cfg import CfgStrategy, select_cfg
-from engine.codec import make_codec
-from engine.config import FilterConfig, PromptConfig, StreamConfig, check_t_index_list
-from engine.errors import DreamwireError
-from engine.image import FrameLoader
-from engine.models import Models
-from engine.schedule import SlotTables, build_slot_tables, slot_rows
-from engine.similarity_filter import NoFilter, SimilarityFilter
+from engine.backends.unet import make_unet_backend
+from engine.config.schema import FilterConfig, PromptConfig, StreamConfig, check_t_index_list
+from engine.core.errors import DreamwireError
+from engine.pipeline.cfg import CfgStrategy, select_cfg
+from engine.pipeline.codec import make_codec
+from engine.pipeline.image import FrameLoader
+from engine.pipeline.models import Models
+from engine.pipeline.schedule import SlotTables, build_slot_tables, slot_rows
+from engine.pipeline.similarity_filter import NoFilter, SimilarityFilter
 
 log = logging.getLogger(__name__)
 

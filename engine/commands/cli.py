@@ -10,7 +10,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from engine.errors import DreamwireError
+from engine.core.errors import DreamwireError
 
 log = logging.getLogger("dreamwire")
 
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:
-        from engine.preset import load_preset
+        from engine.config.presets import load_preset
 
         overrides = list(args.overrides)
         if args.command == "run" and args.input:
@@ -93,15 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides.append(f"io.outputs={json.dumps(args.output)}")
         preset = load_preset(args.preset, overrides)
         if args.command == "render":
-            from engine.render import render
+            from engine.commands.render import render
 
             render(preset, args.input, args.output, frames=args.frames)
         elif args.command == "run":
-            from engine.run import run_live
+            from engine.commands.run import run_live
 
             run_live(preset, args.duration)
         elif args.command == "bench":
-            from engine.bench import run_bench
+            from engine.commands.bench import run_bench
 
             run_bench(preset, args)
         return 0

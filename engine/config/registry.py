@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from engine.config import Preset
+from engine.config.schema import Preset
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 
 import torch
 
-from engine.config import ModelConfig
-from engine.errors import DreamwireError
-from engine.tiny import TINY_MODEL_ID, TINY_VAE_ID
+from engine.config.schema import ModelConfig
+from engine.core.errors import DreamwireError
+from engine.pipeline.tiny import TINY_MODEL_ID, TINY_VAE_ID
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _load_vae(vae_id: str, dtype: torch.dtype) -> torch.nn.Module:
     from diffusers import AutoencoderKL, AutoencoderTiny
 
     if vae_id == TINY_VAE_ID:
-        from engine.tiny import build_taesd
+        from engine.pipeline.tiny import build_taesd
 
         return _cast(build_taesd(), dtype)
     config = _from_pretrained(_ConfigOnly(AutoencoderTiny), vae_id, "VAE")
@@ -123,7 +123,7 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def _build_tiny(dtype: torch.dtype) -> Models:
-    from engine import tiny
+    from engine.pipeline import tiny
 
     tokenizer = tiny.build_tokenizer()
     return Models(

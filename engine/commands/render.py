@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.clip_io import ClipWriter, iter_clip
-from engine.config import Preset
-from engine.errors import DreamwireError
-from engine.image import to_unit_range
-from engine.models import load_models
-from engine.stream import StreamPipeline
+from bridges.clip_io import ClipWriter, iter_clip
+from engine.config.schema import Preset
+from engine.core.errors import DreamwireError
+from engine.pipeline.image import to_unit_range
+from engine.pipeline.models import load_models
+from engine.pipeline.stream import StreamPipeline
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from bridges.pattern import PatternSource, pattern_image
-from engine.config import Preset
-from engine.frames import Frame
-from engine.image import to_uint8
-from engine.live import LiveEngine
-from engine.models import Models
-from engine.stream import StreamPipeline
+from engine.config.schema import Preset
+from engine.core.frames import Frame
+from engine.live.loop import LiveEngine
+from engine.pipeline.image import to_uint8
+from engine.pipeline.models import Models
+from engine.pipeline.stream import StreamPipeline
 
 
 @dataclass
