@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Generator
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bridges.clip_io import ClipWriter, iter_clip
+from bridges.pacing import Pacer
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
 
@@ -19,15 +19,12 @@ class FileSource:
     """Reads a clip; paced drift-free at `fps` (None or 0 = as fast as the reader asks); `loop` restarts at the end."""
 
     def __init__(self, path: str | os.PathLike[str], fps: float | None = None, loop: bool = False) -> None:
-        if fps is not None and (fps < 0 or not math.isfinite(fps)):
-            raise DreamwireError(f"file source fps={fps} is invalid: use a rate > 0, or omit it for unpaced")
+        self.pacer = Pacer(fps, "file source")
         self.path = Path(path)
         self.fps = fps or None
         self.loop = loop
         self._frames: Generator[np.ndarray, None, None] | None = None
         self._index = 0  # keeps counting across loops and re-opens
-        self._clock_start = 0.0  # perf_counter seconds when frame _clock_index was due
-        self._clock_index = 0
 
     @property
     def name(self) -> str:
@@ -36,7 +33,7 @@ class FileSource:
     def open(self) -> None:
         self.close()
         self._frames = iter_clip(self.path)  # validates now: a bad clip raises here
-        self._clock_start, self._clock_index = time.perf_counter(), self._index
+        self.pacer.restart(self._index)
 
     def read(self) -> Frame | None:
         if self._frames is None:
@@ -48,13 +45,7 @@ class FileSource:
             image = next(self._frames, None)  # still None only for a clip that became empty
         if image is None:
             return None
-        if self.fps:
-            due = self._clock_start + (self._index - self._clock_index) / self.fps
-            now = time.perf_counter()
-            if now < due:
-                time.sleep(due - now)
-            elif now - due > 1.0:  # reader stalled: restart the clock rather than burst to catch up
-                self._clock_start, self._clock_index = now, self._index
+        self.pacer.wait(self._index)
         frame = Frame(image=image, index=self._index, capture_time=time.perf_counter())
         self._index += 1
         return frame

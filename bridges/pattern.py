@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from bridges.pacing import Pacer
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
 
@@ -58,31 +59,21 @@ class PatternSource:
     def __init__(self, width: int = 512, height: int = 512, fps: float = 30.0, name: str = "pattern") -> None:
         if width < 8 or height < 8:
             raise DreamwireError(f"pattern size {width}x{height} is too small: width and height must be >= 8")
-        if fps < 0 or not math.isfinite(fps):
-            raise DreamwireError(f"pattern fps={fps} is invalid: use a rate > 0, or 0 for unpaced")
+        self.pacer = Pacer(fps, "pattern")
         self.width, self.height, self.fps = width, height, fps
         self._name = name
         self._index = 0  # keeps counting across re-opens so frame numbers stay unique
-        self._clock_start = 0.0  # perf_counter seconds when frame _clock_index was due
-        self._clock_index = 0
 
     @property
     def name(self) -> str:
         return self._name
 
     def open(self) -> None:
-        self._clock_start, self._clock_index = time.perf_counter(), self._index
+        self.pacer.restart(self._index)
 
     def read(self) -> Frame:
         image = pattern_image(self._index, self.width, self.height)
-        if self.fps > 0:
-            due = self._clock_start + (self._index - self._clock_index) / self.fps
-            now = time.perf_counter()
-            if now < due:
-                time.sleep(due - now)
-            elif now - due > 1.0:
-                # More than a second late (reader stalled): restart the clock instead of bursting to catch up.
-                self._clock_start, self._clock_index = now, self._index
+        self.pacer.wait(self._index)
         frame = Frame(image=image, index=self._index, capture_time=time.perf_counter())
         self._index += 1
         return frame

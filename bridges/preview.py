@@ -25,6 +25,7 @@ from PIL import Image
 from bridges.base import BridgeUnavailable
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
+from engine.core.slot import LatestFrameSlot
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,9 @@ class PreviewSink:
         self.host, self.quality = host, quality
         self._requested_port = port
         self._name = name
-        self._cond = threading.Condition()  # guards _image/_seq/_closed; clients wait on it for a new frame
-        self._image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, the newest frame
-        self._seq = 0  # frames written so far
-        self._closed = True
+        # The newest (H, W, 3) uint8 RGB frame; each client keeps its own sequence mark. A new slot per open().
+        self._frames: LatestFrameSlot[np.ndarray] = LatestFrameSlot()
+        self._frames.close()
         self._encode_lock = threading.Lock()  # one encoder at a time; the result is shared by all clients
         self._jpeg = b""
         self._jpeg_seq = 0
@@ -97,8 +97,8 @@ class PreviewSink:
                 ) from e
             raise DreamwireError(f"preview cannot listen on {self.host}:{self._requested_port} ({e})") from e
         server.sink = self
-        with self._cond:
-            self._closed = False
+        self._frames = LatestFrameSlot()
+        self._jpeg, self._jpeg_seq = b"", 0
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"dreamwire-{self._name}-http", daemon=True
@@ -107,16 +107,11 @@ class PreviewSink:
         log.info("preview: open %s in a browser", self.url)
 
     def write(self, frame: Frame) -> None:
-        with self._cond:
-            self._image = frame.image
-            self._seq += 1
-            self._cond.notify_all()
+        self._frames.put(frame.image)
 
     def close(self) -> None:
         """Stop serving: wakes streaming clients, stops the accept loop and releases the port (within ~0.2 s)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._frames.close()
         server, thread = self._server, self._thread
         self._server = self._thread = None
         if server is not None:
@@ -130,8 +125,7 @@ class PreviewSink:
     def _latest_jpeg(self) -> tuple[int, bytes] | None:
         """(sequence number, JPEG bytes) of the newest frame, encoding it if no client has yet; None before any."""
         with self._encode_lock:
-            with self._cond:
-                seq, image = self._seq, self._image
+            seq, image = self._frames.latest()
             if image is None:
                 return None
             if seq != self._jpeg_seq:
@@ -142,16 +136,13 @@ class PreviewSink:
 
     def _next_jpeg(self, after: int, timeout: float) -> tuple[int, bytes] | None:
         """Wait up to `timeout` s for a frame newer than sequence number `after`; None on timeout or close."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._closed or self._seq > after, timeout)
-            if self._closed or self._seq <= after:
-                return None
+        if self._frames.wait_newer(after, timeout) is None:
+            return None
         return self._latest_jpeg()
 
     @property
     def _is_closed(self) -> bool:
-        with self._cond:
-            return self._closed
+        return self._frames.closed
 
 
 class _Server(ThreadingHTTPServer):

@@ -34,21 +34,34 @@ class LatestFrameSlot(Generic[T]):
             self._cond.notify_all()
 
     def get(self, timeout: float | None = None) -> T | None:
-        """Block until an item newer than the last one taken exists and take it.
+        """Block until an item newer than the last one taken exists and take it (the one consumer).
 
         timeout: seconds (None waits forever, 0 polls). Returns None on timeout or once the slot is closed.
         """
+        newer = self.wait_newer(self._taken, timeout)
+        if newer is None:
+            return None
         with self._cond:
-            self._cond.wait_for(lambda: self._closed or self._seq > self._taken, timeout)
-            if self._closed or self._seq == self._taken:
+            self._taken = max(self._taken, newer[0])
+        return newer[1]
+
+    def wait_newer(self, after: int, timeout: float | None = None) -> tuple[int, T] | None:
+        """For readers that keep their own mark (several preview clients): wait for an item with a sequence
+        number above `after` and return (sequence number, item) without taking it; None on timeout or close."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._seq > after, timeout)
+            if self._closed or self._seq <= after:
                 return None
-            self._taken = self._seq
-            return self._item
+            return self._seq, self._item  # type: ignore[return-value]  # _seq > 0: an item was put
+
+    def latest(self) -> tuple[int, T | None]:
+        """(sequence number, newest item), without taking it; (0, None) before the first put."""
+        with self._cond:
+            return self._seq, self._item
 
     def peek_latest(self) -> T | None:
         """The newest item ever put (taken or not), without consuming it; None if nothing was put yet."""
-        with self._cond:
-            return self._item
+        return self.latest()[1]
 
     def close(self) -> None:
         """Wake every waiter; later get() calls return None and later put() calls are ignored."""
