@@ -41,6 +41,7 @@ from engine.live.controls import (
     Reset,
     SetValue,
 )
+from engine.live.events import EngineEvent, EventHub, Listener
 from engine.live.io_threads import SinkWorker, SourceWorker
 from engine.live.metrics import EngineMetrics, status_line
 from engine.live.prompt_encoder import EncodeFailure, EncodeResult, PromptEncoder
@@ -61,6 +62,7 @@ class LiveEngine:
         self.requested = RequestedValues(preset)  # the values asked for (validated), ahead of the engine
         self.controls: queue.SimpleQueue[Control] = queue.SimpleQueue()
         self.metrics = EngineMetrics()
+        self.events = EventHub()  # applied changes and errors, for OSC feedback
         self.models = models or load_models(preset.model)
         self.encoder = PromptEncoder(self.models.encode_prompt)
         self._install(self.models, self._build(self.models, self.preset))
@@ -123,6 +125,10 @@ class LiveEngine:
     def stop(self) -> None:
         self._stopping.set()
 
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(EngineEvent)` on the engine thread for every change applied and every failure."""
+        self.events.add(listener)
+
     def status(self) -> dict[str, Any]:
         """The live numbers (see engine/metrics.py) plus the engine's state, for the OSC bridge and the CLI."""
         return {**self.metrics.snapshot(), "paused": self.paused, "rebuilding": self._rebuild is not None}
@@ -152,6 +158,7 @@ class LiveEngine:
                 self._apply(control)
             except DreamwireError as error:  # checked when sent; whatever still fails is one line, not a crash
                 log.error("%s", error)
+                self.events.emit(EngineEvent("error", _control_path(control), message=str(error)))
         for result in self.encoder.poll():
             self._on_encoded(result)
         if self._rebuild is not None and self._rebuild.done():
@@ -402,6 +409,22 @@ class LiveEngine:
             target.stream.cfg_type,
             len(target.stream.t_index_list),
         )
+
+
+def _control_path(control: Control) -> str:
+    """The registry path or command name a control is about, for error events."""
+    match control:
+        case SetValue(path=path):
+            return path
+        case BlendPrompts():
+            return "prompt.blend"
+        case BlendSeeds():
+            return "seed.blend"
+        case Pause():
+            return "pause"
+        case Reset():
+            return "reset"
+    return type(control).__name__
 
 
 def _first(embeddings: tuple[torch.Tensor, ...]) -> torch.Tensor:
