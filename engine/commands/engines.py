@@ -47,6 +47,8 @@ def run_engines(args: argparse.Namespace) -> None:
     if verb == "key":
         spec = engine_spec_for(preset)
         log.info("engine spec: %s", spec.describe())
+        if spec.compute_capability == (0, 0):
+            log.warning("model.device resolves to %s here: TensorRT engines are built on a CUDA GPU", spec.gpu_name)
         print(spec.compute_hash())
     elif verb == "build":
         print(build_engine(preset, args.cache_dir))
