@@ -187,6 +187,8 @@ def test_save_list_and_clear(tmp_path):
     assert listed.path == path and listed.size_bytes == 12
     assert listed.spec["key"] == spec.compute_hash() and listed.spec["model_id"] == "tiny"
     (tmp_path / ".unet-x.engine.abc.partial").write_bytes(b"left by a crash")
+    (tmp_path / ".onnx-abc").mkdir()
+    (tmp_path / ".onnx-abc" / "unet.onnx").write_bytes(b"left by a killed build")
     (tmp_path / "keep.txt").write_text("not ours")
     assert clear_engines(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]

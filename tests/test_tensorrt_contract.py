@@ -155,3 +155,11 @@ def test_a_cpu_model_is_refused_with_path_and_key(monkeypatch, spec, tiny_models
         trt_backend.build_unet_backend(tiny_models.unet, spec, cache_dir=tmp_path)
     assert spec.compute_hash() in str(error.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_spec_of_another_dtype_is_refused(trt, spec, tiny_models, tmp_path):
+    half = dataclasses.replace(spec, dtype="float16")  # the tiny UNet here is float32
+    with pytest.raises(DreamwireError, match=r"the UNet is torch\.float32, the spec float16") as error:
+        trt_backend.build_unet_backend(tiny_models.unet, half, cache_dir=tmp_path)
+    assert half.compute_hash() in str(error.value)
+    assert trt.builds == 0

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -208,11 +209,14 @@ def list_engines(cache_dir: Path | None = None) -> list[CachedEngine]:
 
 
 def clear_engines(cache_dir: Path | None = None) -> int:
-    """Delete the cached engines, their records and any partial files left by an interrupted write."""
+    """Delete the cached engines, their records, and any partial file or ONNX staging folder that a killed build
+    left behind."""
     folder = cache_dir or default_cache_dir()
     removed = 0
     for pattern in ("unet-*.engine", "unet-*.json", ".unet-*.partial"):
         for path in folder.glob(pattern):
             path.unlink(missing_ok=True)
             removed += path.suffix == ".engine"
+    for staging in folder.glob(".onnx-*"):
+        shutil.rmtree(staging, ignore_errors=True)
     return removed

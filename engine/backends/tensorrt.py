@@ -35,9 +35,9 @@ def import_tensorrt() -> ModuleType:
     try:
         import tensorrt
     except ImportError:
-        cuda = torch.version.cuda
+        major = (torch.version.cuda or "").split(".")[0]
         matched = (
-            f" (this torch is built for CUDA {cuda}: 'dreamwire[tensorrt-cu{cuda.split('.')[0]}]')" if cuda else ""
+            f" (this torch is built for CUDA {major}: 'dreamwire[tensorrt-cu{major}]')" if major in ("12", "13") else ""
         )
         raise DreamwireError(
             f"TensorRT: the tensorrt package is not installed (stream.acceleration tensorrt needs it): "
@@ -51,8 +51,11 @@ def build_unet_backend(unet: torch.nn.Module, spec: EngineSpec, *, cache_dir: Pa
     trt = import_tensorrt()
     path = engine_path(spec, cache_dir)
     key = spec.compute_hash()
-    device = next(unet.parameters()).device
+    weight = next(unet.parameters())
+    device = weight.device
     _require_cuda(device, path, key)
+    if str(weight.dtype).removeprefix("torch.") != spec.dtype:
+        raise DreamwireError(f"TensorRT engine {path} (key {key}): the UNet is {weight.dtype}, the spec {spec.dtype}")
     try:
         if path.is_file():
             log.info("loading TensorRT engine %s (key %s)", path, key)

@@ -6,10 +6,15 @@ import argparse
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.config.schema import Preset
 from engine.core.errors import DreamwireError
+
+if TYPE_CHECKING:  # the parser is built on every `dreamwire` call: keep this module's imports light
+    import torch
+
+    from engine.backends.engine_cache import EngineSpec
+    from engine.config.schema import Preset
 
 log = logging.getLogger("dreamwire")
 
@@ -57,8 +62,9 @@ def run_engines(args: argparse.Namespace) -> None:
             print(path)
 
 
-def engine_spec_for(preset: Preset, dtype: Any = None, device: Any = None) -> Any:
-    """The preset's EngineSpec; without a loaded model, device and dtype are resolved as loading would."""
+def engine_spec_for(preset: Preset, dtype: torch.dtype | None = None, device: torch.device | None = None) -> EngineSpec:
+    """The preset's EngineSpec (UNet rows from its CFG layout); without a loaded model, device and dtype are
+    resolved as loading would."""
     from engine.backends.engine_cache import engine_spec
     from engine.pipeline.cfg import max_unet_rows
     from engine.pipeline.models import resolve_device
