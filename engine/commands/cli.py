@@ -1,4 +1,4 @@
-"""The `dreamwire` command: render, bench, run. User errors are one message and exit code 2."""
+"""The `dreamwire` command: render, bench, run, engines. User errors are one message and exit code 2."""
 
 from __future__ import annotations
 
@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--soak", type=int, metavar="FRAMES", help="also run FRAMES frames and report memory growth")
     bench.add_argument("--reference-python", help="python of a venv with the reference streamdiffusion 0.1.1")
     bench.add_argument("--reference-script", help="run_reference.py (default: ../shared/tools/reference/)")
+
+    from engine.commands.engines import add_engines_parser
+
+    add_engines_parser(commands, _preset_arguments)
     return parser
 
 
@@ -84,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:
+        if args.command == "engines":  # its verbs load a preset only where they need one
+            from engine.commands.engines import run_engines
+
+            run_engines(args)
+            return 0
         from engine.config.presets import load_preset
 
         overrides = list(args.overrides)

@@ -63,6 +63,10 @@ class StreamConfig(Section):
     use_denoising_batch: bool = rebuild(True, "Stream Batch (one UNet call for all steps) or sequential steps.")
     do_add_noise: bool = rebuild(True, "Re-noise each step's x0 with the fixed noise before the next step.")
     acceleration: Literal["none", "tensorrt"] = rebuild("none", "UNet backend: eager PyTorch or TensorRT.")
+    # TensorRT's optimisation profile (pixels per side): any width and height inside it run on one engine.
+    trt_min_size: int = rebuild(256, "TensorRT profile: smallest width/height the engine accepts.", ge=64, le=2048)
+    trt_opt_size: int = rebuild(512, "TensorRT profile: the width/height the engine is tuned for.", ge=64, le=2048)
+    trt_max_size: int = rebuild(1024, "TensorRT profile: largest width/height the engine accepts.", ge=64, le=2048)
 
     @field_validator("cfg_type", mode="before")
     @classmethod
@@ -74,6 +78,15 @@ class StreamConfig(Section):
         check_t_index_list(self.t_index_list, self.num_inference_steps)
         if self.mode == "txt2img-turbo" and len(self.t_index_list) != 1:
             raise ValueError(f"t_index_list {self.t_index_list}: txt2img-turbo is one step, give exactly one index")
+        return self
+
+    @model_validator(mode="after")
+    def _check_trt_profile(self) -> StreamConfig:
+        if not self.trt_min_size <= self.trt_opt_size <= self.trt_max_size:
+            raise ValueError(
+                f"TensorRT profile: need trt_min_size <= trt_opt_size <= trt_max_size, got "
+                f"{self.trt_min_size}, {self.trt_opt_size}, {self.trt_max_size}"
+            )
         return self
 
 

@@ -12,6 +12,8 @@ from typing import Literal, Protocol
 
 import torch
 
+from engine.config.schema import StreamConfig
+
 CfgType = Literal["none", "full", "self", "initialize"]
 
 
@@ -128,3 +130,12 @@ def select_cfg(cfg_type: CfgType, guidance: float, delta: float, frame_buffer_si
     if cfg_type == "self" or not guided:
         return Residual(guidance, delta)
     return Initialize(guidance, delta, frame_buffer_size)
+
+
+def max_unet_rows(stream: StreamConfig) -> int:
+    """The most rows one UNet call takes for this stream (with guidance on), the size an engine is built for:
+    r latent rows per call (n·f with Stream Batch, f in sequential mode), and then none/self r, initialize
+    f + r, full 2r. With guidance ≤ 1 the call takes r rows (fewer)."""
+    frames = stream.frame_buffer_size
+    rows = len(stream.t_index_list) * frames if stream.use_denoising_batch else frames
+    return {"none": rows, "self": rows, "initialize": frames + rows, "full": 2 * rows}[stream.cfg_type]

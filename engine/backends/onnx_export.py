@@ -1,0 +1,184 @@
+"""ONNX export of the UNet and the VAE, the graphs TensorRT builds its engines from (opset 17).
+
+Graphs keep the module's dtype and device (a float16 CUDA UNet gives a float16 graph, which a strongly
+typed TensorRT build keeps). Height and width are dynamic, and so is the batch (up to the stream's UNet
+rows: guidance ≤ 1 under cfg full or initialize drops the uncond rows).
+
+We use torch's TorchScript exporter (dynamo=False): it needs no onnxscript and traces the diffusers UNet
+as is; torch ≥ 2.9 marks it deprecated but it is still there in 2.13.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from engine.backends.engine_cache import ONNX_OPSET
+from engine.core.errors import DreamwireError
+
+TEXT_TOKENS = 77  # CLIP's context length: the embeddings are [B, 77, D] for every SD 1.x/2.x model
+UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
+UNET_OUTPUT = "latent"
+
+
+class _UNetGraph(torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+
+class _TinyEncoder(torch.nn.Module):
+    """TAESD: image [B, 3, H, W] in [−1, 1] → latent [B, C, H/8, W/8], unscaled."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(image).latents
+
+
+class _KLEncoder(torch.nn.Module):
+    """AutoencoderKL: image → moments [B, 2C, H/8, W/8] (mean ; logvar). The sample is drawn outside the graph,
+    with the stream's seeded generator, as the pipeline does."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(image).latent_dist.parameters
+
+
+class _Decoder(torch.nn.Module):
+    """latent [B, C, h, w], unscaled → image [B, 3, 8h, 8w] in about [−1, 1]."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latent, return_dict=False)[0]
+
+
+def _parameter(module: torch.nn.Module) -> torch.Tensor:
+    return next(module.parameters())
+
+
+def unet_size_factor(unet: torch.nn.Module) -> int:
+    """Latent height and width must be multiples of this: the UNet halves them once per down block but the last.
+    The traced graph (like TensorRT's) has no branch for other sizes."""
+    return 2 ** (len(unet.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def export_unet(unet: torch.nn.Module, path: Path, rows: int, latent_size: tuple[int, int]) -> Path:
+    """sample [B, C, h, w], timestep [B] int64, encoder_hidden_states [B, 77, D] → latent [B, C, h, w]."""
+    weight = _parameter(unet)
+    channels, dim = int(unet.config.in_channels), int(unet.config.cross_attention_dim)
+    example = (
+        torch.randn(rows, channels, *latent_size, dtype=weight.dtype, device=weight.device),
+        torch.full((rows,), 500, dtype=torch.int64, device=weight.device),
+        torch.randn(rows, TEXT_TOKENS, dim, dtype=weight.dtype, device=weight.device),
+    )
+    dynamic = {
+        "sample": {0: "batch", 2: "height", 3: "width"},
+        "timestep": {0: "batch"},
+        "encoder_hidden_states": {0: "batch"},
+        UNET_OUTPUT: {0: "batch", 2: "height", 3: "width"},
+    }
+    return _export(_UNetGraph(unet), example, path, list(UNET_INPUTS), UNET_OUTPUT, dynamic)
+
+
+@torch.no_grad()
+def export_vae(vae: torch.nn.Module, folder: Path, image_size: tuple[int, int]) -> list[Path]:
+    """vae_encoder.onnx (image → latent for TAESD, → moments for AutoencoderKL) and vae_decoder.onnx."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    if isinstance(vae, AutoencoderTiny):
+        encoder, encoded = _TinyEncoder(vae), "latent"
+    elif isinstance(vae, AutoencoderKL):
+        encoder, encoded = _KLEncoder(vae), "moments"
+    else:
+        raise TypeError(f"unsupported VAE class {type(vae).__name__} (expected AutoencoderKL or AutoencoderTiny)")
+    weight = _parameter(vae)
+    height, width = image_size
+    image = torch.rand(1, 3, height, width, dtype=weight.dtype, device=weight.device) * 2 - 1
+    latent = torch.randn(
+        1, int(vae.config.latent_channels), height // 8, width // 8, dtype=weight.dtype, device=weight.device
+    )
+    spatial = {0: "batch", 2: "height", 3: "width"}
+    return [
+        _export(
+            encoder, (image,), folder / "vae_encoder.onnx", ["image"], encoded, {"image": spatial, encoded: spatial}
+        ),
+        _export(
+            _Decoder(vae),
+            (latent,),
+            folder / "vae_decoder.onnx",
+            ["latent"],
+            "image",
+            {"latent": spatial, "image": spatial},
+        ),
+    ]
+
+
+def _export(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    output: str,
+    dynamic: dict[str, dict[int, str]],
+) -> Path:
+    """Export into a staging folder, then move into place as one .onnx file (plus one .onnx.data file when the
+    exporter had to put weights over protobuf's 2 GB limit beside the graph, one file per tensor)."""
+    try:
+        import onnx  # noqa: F401  (torch's exporter writes the graph with it)
+    except ImportError:
+        raise DreamwireError("ONNX export needs the onnx package: pip install 'dreamwire[tensorrt]'") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.stem}-", dir=path.parent) as staging:
+        staged = Path(staging) / "model.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's to act on
+            torch.onnx.export(
+                module.eval(),
+                example,
+                str(staged),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=inputs,
+                output_names=[output],
+                dynamic_axes=dynamic,
+                do_constant_folding=True,
+            )
+        if len(list(Path(staging).iterdir())) > 1:
+            gather_external_data(staged, path)
+        else:
+            shutil.move(staged, path)
+    return path
+
+
+def gather_external_data(source: Path, target: Path) -> None:
+    """Re-save a graph whose weights lie in many files beside it as target + target.data (one file)."""
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=True)
+    onnx.save_model(
+        model,
+        str(target),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=f"{target.name}.data",
+        size_threshold=0,
+    )
