@@ -41,9 +41,13 @@ class ModelConfig(Section):
         "null keeps the model's own.",
     )
     dtype: Literal["auto", "float16", "float32", "bfloat16"] = rebuild(
-        "auto", "Weights and activations dtype; auto is float16 on CUDA, float32 on CPU."
+        "auto", "Weights and activations dtype; auto is float16 on CUDA and mps, float32 on CPU."
     )
-    device: str = rebuild("auto", "auto, cpu, cuda or cuda:N.", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = rebuild(
+        "auto",
+        "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (Apple Metal).",
+        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+    )
 
 
 class StreamConfig(Section):
@@ -62,7 +66,16 @@ class StreamConfig(Section):
     )
     use_denoising_batch: bool = rebuild(True, "Stream Batch (one UNet call for all steps) or sequential steps.")
     do_add_noise: bool = rebuild(True, "Re-noise each step's x0 with the fixed noise before the next step.")
-    acceleration: Literal["none", "tensorrt"] = rebuild("none", "UNet backend: eager PyTorch or TensorRT.")
+    # ---- acceleration (engine/backends/) ----
+    acceleration: Literal["none", "compile", "tensorrt"] = rebuild(
+        "none", "Backend: none (eager PyTorch), compile (torch.compile) or tensorrt (TensorRT engine for the UNet)."
+    )
+    cuda_graph: bool = rebuild(
+        False, "Capture the whole step (encode, UNet, CFG, LCM step, decode) as one CUDA graph replay (CUDA only)."
+    )
+    acceleration_fallback: Literal["error", "none"] = rebuild(
+        "error", "If the acceleration or the CUDA graph fails: error stops the run; none runs eager with a warning."
+    )
     # TensorRT's optimisation profile (pixels per side): any width and height inside it run on one engine.
     trt_min_size: int = rebuild(256, "TensorRT profile: smallest width/height the engine accepts.", ge=64, le=2048)
     trt_opt_size: int = rebuild(512, "TensorRT profile: the width/height the engine is tuned for.", ge=64, le=2048)

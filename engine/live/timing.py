@@ -1,4 +1,8 @@
-"""UNet time per frame without a host sync: CUDA events are read only once they have completed."""
+"""UNet time per frame without a host sync: CUDA events are read only once they have completed.
+
+Under stream.cuda_graph the UNet runs inside the step's graph replay, where no Python runs: there is no UNet
+time of its own to report (latest_ms() stays None), and nothing is recorded while the step is being captured.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ class TimedBackend:
             out = self.inner(x, t, embeddings)
             self._cpu_ms += 1000.0 * (time.perf_counter() - start)
             return out
+        if torch.cuda.is_current_stream_capturing():
+            return self.inner(x, t, embeddings)
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
         out = self.inner(x, t, embeddings)

@@ -3,7 +3,11 @@
 Each strategy says how to lay out the UNet batch and its text embeddings, and how to turn the UNet's
 output into the guided noise prediction ε̂ (DESIGN.md step 4). Rows per UNet call, for r latent rows
 (r = n·f with Stream Batch, f in sequential mode):
-  Plain r · Full 2r · Residual r · Initialize f + r.
+  Plain r · Full 2r · ResidualOnly r · Residual r · Initialize f + r.
+
+The guidance scale g and the residual strength δ are 0-dim device tensors (GuidanceScalars), shared by the
+pipeline and its strategy and written in place: a live change of g or δ reaches a captured CUDA graph
+without a re-capture. Only a change of strategy (guidance crossing 1) changes what the step computes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,18 @@ import torch
 from engine.config.schema import StreamConfig
 
 CfgType = Literal["none", "full", "self", "initialize"]
+
+
+class GuidanceScalars:
+    """g and δ as 0-dim tensors on the device, allocated once and updated in place (no host sync)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.guidance = torch.ones((), device=device, dtype=dtype)
+        self.delta = torch.ones((), device=device, dtype=dtype)
+
+    def set(self, guidance: float, delta: float) -> None:
+        self.guidance.fill_(guidance)
+        self.delta.fill_(delta)
 
 
 class CfgStrategy(Protocol):
@@ -53,8 +69,8 @@ class Full:
 
     residual = False
 
-    def __init__(self, guidance: float) -> None:
-        self.guidance = guidance
+    def __init__(self, scalars: GuidanceScalars) -> None:
+        self.guidance = scalars.guidance
 
     def unet_batch(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.cat([x, x]), torch.cat([t, t])
@@ -67,41 +83,30 @@ class Full:
         return eps_uncond + self.guidance * (eps_cond - eps_uncond)
 
 
-class Residual:
-    """Residual CFG (RCFG "self"): the negative is the carried residual noise, ε_u = δ·s, at no UNet cost.
-
-    With guidance ≤ 1 the guidance term is off (ε̂ = ε_c) but the residual is still carried, as in the
-    reference, so raising guidance later picks up a warm residual.
-    """
+class ResidualOnly(Plain):
+    """Residual CFG with guidance ≤ 1: the guidance term is off (ε̂ = ε_c) but the residual is still carried,
+    as in the reference, so raising guidance later picks up a warm residual."""
 
     residual = True
 
-    def __init__(self, guidance: float, delta: float) -> None:
-        self.guidance = guidance
-        self.delta = delta
 
-    def unet_batch(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x, t
+class Residual(ResidualOnly):
+    """Residual CFG (RCFG "self"): the negative is the carried residual noise, ε_u = δ·s, at no UNet cost."""
 
-    def embeddings(self, cond: torch.Tensor, uncond: torch.Tensor, rows: int) -> torch.Tensor:
-        return cond.repeat(rows, 1, 1)
+    def __init__(self, scalars: GuidanceScalars) -> None:
+        self.guidance, self.delta = scalars.guidance, scalars.delta
 
     def combine(self, out: torch.Tensor, stock_noise: torch.Tensor) -> torch.Tensor:
-        return self._guide(out, stock_noise)
-
-    def _guide(self, eps_cond: torch.Tensor, stock_noise: torch.Tensor) -> torch.Tensor:
-        if self.guidance <= 1.0:
-            return eps_cond
         eps_uncond = stock_noise * self.delta
-        return eps_uncond + self.guidance * (eps_cond - eps_uncond)
+        return eps_uncond + self.guidance * (out - eps_uncond)
 
 
 class Initialize(Residual):
     """RCFG "initialize" (alias onetime): one true negative per new frame, [X_0 ; X] with [uncond×f ; cond],
     written into the residual noise's first f rows, then as Residual."""
 
-    def __init__(self, guidance: float, delta: float, frame_buffer_size: int) -> None:
-        super().__init__(guidance, delta)
+    def __init__(self, scalars: GuidanceScalars, frame_buffer_size: int) -> None:
+        super().__init__(scalars)
         self.frames = frame_buffer_size
 
     def unet_batch(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,28 +119,40 @@ class Initialize(Residual):
     def combine(self, out: torch.Tensor, stock_noise: torch.Tensor) -> torch.Tensor:
         f = self.frames
         stock_noise[:f].copy_(out[:f])
-        return self._guide(out[f:], stock_noise)
+        return super().combine(out[f:], stock_noise)
 
 
-def select_cfg(cfg_type: CfgType, guidance: float, delta: float, frame_buffer_size: int) -> CfgStrategy:
-    """The strategy for these settings. As in the reference, guidance ≤ 1 (or cfg none) means no
-    uncond rows at all: full falls back to Plain and initialize to Residual."""
+def strategy_type(cfg_type: CfgType, guidance: float) -> type[CfgStrategy]:
+    """The strategy for these settings. As in the reference, guidance ≤ 1 (or cfg none) means no uncond
+    rows at all: full falls back to Plain and self/initialize to ResidualOnly."""
     if cfg_type not in ("none", "full", "self", "initialize"):
         raise ValueError(f"unknown cfg_type {cfg_type!r} (allowed: none, full, self, initialize)")
+    if cfg_type == "none":
+        return Plain
     guided = guidance > 1.0
-    if cfg_type == "none" or (cfg_type == "full" and not guided):
-        return Plain()
-    if cfg_type == "full":
-        return Full(guidance)
-    if cfg_type == "self" or not guided:
-        return Residual(guidance, delta)
-    return Initialize(guidance, delta, frame_buffer_size)
+    if not guided:
+        return Plain if cfg_type == "full" else ResidualOnly
+    return {"full": Full, "self": Residual, "initialize": Initialize}[cfg_type]
+
+
+def select_cfg(cfg_type: CfgType, guidance: float, scalars: GuidanceScalars, frame_buffer_size: int) -> CfgStrategy:
+    """A new strategy object for these settings, reading g and δ from `scalars`."""
+    chosen = strategy_type(cfg_type, guidance)
+    if chosen is Initialize:
+        return Initialize(scalars, frame_buffer_size)
+    if chosen in (Full, Residual):
+        return chosen(scalars)  # type: ignore[call-arg]
+    return chosen()
+
+
+def guided_unet_rows(cfg_type: CfgType, rows: int, frame_buffer_size: int) -> int:
+    """UNet rows per call when guidance is on: none/self r, initialize f + r, full 2r."""
+    return {"none": rows, "self": rows, "initialize": frame_buffer_size + rows, "full": 2 * rows}[cfg_type]
 
 
 def max_unet_rows(stream: StreamConfig) -> int:
     """The most rows one UNet call takes for this stream (with guidance on), the size an engine is built for:
-    r latent rows per call (n·f with Stream Batch, f in sequential mode), and then none/self r, initialize
-    f + r, full 2r. With guidance ≤ 1 the call takes r rows (fewer)."""
+    r latent rows per call (n·f with Stream Batch, f in sequential mode). With guidance ≤ 1 it takes r rows."""
     frames = stream.frame_buffer_size
     rows = len(stream.t_index_list) * frames if stream.use_denoising_batch else frames
-    return {"none": rows, "self": rows, "initialize": frames + rows, "full": 2 * rows}[stream.cfg_type]
+    return guided_unet_rows(stream.cfg_type, rows, frames)

@@ -34,6 +34,7 @@ class Models:
     scheduler_config: dict[str, Any]
     device: torch.device
     dtype: torch.dtype
+    config: ModelConfig | None = None  # what was loaded (the TensorRT engine key reads it)
 
     @torch.no_grad()
     def encode_prompt(self, text: str) -> torch.Tensor:
@@ -46,14 +47,24 @@ class Models:
 
 
 def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """`auto` is cuda with float16 where a GPU is present, else cpu with float32."""
+    """`auto` is cuda, else mps (Apple Metal), else cpu; dtype `auto` is float16 on cuda and mps, float32 on cpu."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DreamwireError(f"model.device {device!r}: no CUDA device is available here (use cpu or auto)")
+    if device == "mps" and not _mps_available():
+        raise DreamwireError(
+            "model.device 'mps': Apple Metal is not available here (it needs Apple Silicon, macOS 12.3+ and a torch "
+            "build with MPS); use cpu or auto"
+        )
     if dtype == "auto":
-        dtype = "float16" if device.startswith("cuda") else "float32"
+        dtype = "float32" if device == "cpu" else "float16"
     return torch.device(device), _DTYPES[dtype]
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
 
 
 def _looks_like_path(model_id: str) -> bool:
@@ -162,7 +173,7 @@ def load_models(config: ModelConfig) -> Models:
         models.vae = _load_vae(config.vae, dtype)
     for module in (models.unet, models.vae, models.text_encoder):
         module.to(device).eval().requires_grad_(False)
-    models.device = device
+    models.device, models.config = device, config
     log.info("loaded model %s (vae %s) on %s as %s", config.id, config.vae or "built-in", device, dtype)
     return models
 

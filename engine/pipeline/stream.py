@@ -7,19 +7,26 @@ the host (except the similarity filter's decision, while it is enabled).
 
 Shapes: image [f, 3, H, W] in [−1, 1]; latents [rows, C, h, w] with h = H/s, w = W/s (s = VAE factor);
 rows = n·f in Stream Batch.
+
+The backends (UNet, VAE) come from stream.acceleration and the step runner from stream.cuda_graph, chosen
+once here (engine/backends/select.py). Every buffer the model part of a step touches keeps its address for
+the pipeline's life, and live changes (prompt, guidance, seed, schedule) write into it, so a captured CUDA
+graph stays valid; only a change of CFG strategy (guidance crossing 1) invalidates it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import fields
 
 import torch
 
-from engine.backends.unet import make_unet_backend
+from engine.backends.select import make_step_runner, select_backends
 from engine.config.schema import FilterConfig, PromptConfig, StreamConfig, check_t_index_list
 from engine.core.errors import DreamwireError
-from engine.pipeline.cfg import CfgStrategy, select_cfg
+from engine.pipeline.cfg import CfgStrategy, GuidanceScalars, guided_unet_rows, select_cfg
 from engine.pipeline.codec import make_codec
 from engine.pipeline.image import FrameLoader
 from engine.pipeline.models import Models
@@ -35,24 +42,56 @@ class StreamPipeline:
         self.config = stream.model_copy(deep=True)  # its own copy: later preset edits don't reach it
         self.device, self.dtype = models.device, models.dtype
         self.generator = torch.Generator()  # CPU, seeded in prepare: initial noise, then VAE samples
-        self.codec = make_codec(models.vae, self.generator)
-        self.unet = make_unet_backend(stream.acceleration, models.unet)
-        s = self.codec.scale_factor
+        codec = make_codec(models.vae, self.generator)
+        s = codec.scale_factor
         for name, size in (("width", stream.width), ("height", stream.height)):
             if size % s:
                 raise DreamwireError(f"stream.{name} {size} is not a multiple of the VAE factor {s}")
         self.frames = stream.frame_buffer_size  # f
         self.slots = len(stream.t_index_list)  # n
-        self.latent_shape = (self.codec.latent_channels, stream.height // s, stream.width // s)  # (C, h, w)
+        self.latent_shape = (codec.latent_channels, stream.height // s, stream.width // s)  # (C, h, w)
         # Latent rows per UNet call (before CFG): all slots at once, or one slot at a time.
         self.unet_rows = self.slots * self.frames if stream.use_denoising_batch else self.frames
+        # How a step's model part runs (one CUDA graph replay, or call by call), chosen once.
+        self._run = make_step_runner(stream, self._model_step, self._state_kept, self.device)
+        if stream.cuda_graph and stream.mode == "img2img" and hasattr(codec, "generator"):
+            raise DreamwireError(
+                "stream.cuda_graph needs a deterministic VAE encoder (TAESD, e.g. model.vae=madebyollin/taesd): "
+                "AutoencoderKL samples its latent with a CPU generator, which a CUDA graph cannot replay"
+            )
+        backends = select_backends(
+            stream,
+            models.config,
+            models.unet,
+            models.vae,
+            codec,
+            guided_unet_rows(stream.cfg_type, self.unet_rows, self.frames),
+            self.device,
+            self.dtype,
+        )
+        self.unet, self.codec, self.acceleration = backends.unet, backends.vae, backends.name
         self._denoise: Callable[[], torch.Tensor] = (
             self._denoise_batch if stream.use_denoising_batch else self._denoise_sequential
         )
         self._shift_stock_noise: Callable[[], None] = self._shift if self.slots > 1 else _nothing
-        self._encode_input: Callable[[torch.Tensor | None], None] = (
-            self._encode_image if stream.mode == "img2img" else self._draw_noise
-        )
+        img2img = stream.mode == "img2img"
+        self._encode_input: Callable[[torch.Tensor | None], None] = self._encode_image if img2img else _nothing
+        self._draw_input: Callable[[], None] = _nothing if img2img else self._draw_noise  # outside any graph
+        # Buffers, allocated once at fixed shapes (their addresses never change: see the module docstring).
+        rows = (self.slots * self.frames, *self.latent_shape)
+        buffer = lambda: torch.zeros(rows, device=self.device, dtype=self.dtype)  # noqa: E731
+        self.noise = buffer()  # z: the fixed noise, one row per latent row
+        self.x_t = buffer()  # [x_new ; B]: this frame's input rows, then the buffer
+        self.stock_noise = buffer()  # s: the residual noise of RCFG
+        self._stock_scratch = buffer()
+        self._noise_next = buffer()  # z_{(i+1) mod n}, for the residual
+        self._first_noise = torch.zeros_like(self.noise[: self.frames])  # b_0·z_0
+        self._buffer_noise = torch.zeros_like(self.noise[self.frames :])  # b_{j+1}·z_{j+1}
+        self.scalars = GuidanceScalars(self.device, self.dtype)  # g and δ as device tensors
+        self.txt2img_generator = torch.Generator(self.device)
+        self.tables: SlotTables | None = None
+        self.cfg: CfgStrategy | None = None
+        self.embeddings: torch.Tensor | None = None
         self.filter: SimilarityFilter | NoFilter = NoFilter()
         self.last_output: torch.Tensor | None = None
         self.skipped = False  # whether the last step() was skipped by the similarity filter
@@ -64,7 +103,19 @@ class StreamPipeline:
         """A pipeline for these settings, prepared and ready for step()."""
         pipeline = cls(models, stream)
         pipeline.prepare(prompt, filter_config)
+        pipeline.warm_up()
         return pipeline
+
+    def warm_up(self) -> None:
+        """Compile or capture the step now (torch.compile, stream.cuda_graph), on a blank frame, leaving the
+        stream's state as it was: so that the first live frame does not wait for it."""
+        blank = None
+        if self.config.mode == "img2img":
+            height, width = self.config.height, self.config.width
+            blank = torch.zeros((self.frames, height, width, 3), device=self.device, dtype=self.dtype)
+            blank = blank.permute(0, 3, 1, 2)  # the FrameLoader's layout: [f, 3, H, W] over an NHWC buffer
+        with torch.no_grad():
+            self._run.warm_up(blank)
 
     def frame_loader(self) -> FrameLoader:
         """A loader of host frames at this pipeline's size, batch and device (its buffers allocated once)."""
@@ -75,22 +126,21 @@ class StreamPipeline:
     @torch.no_grad()
     def prepare(self, prompt: PromptConfig, filter_config: FilterConfig | None = None) -> None:
         """Seed the noise, zero the buffers, compute the tables and encode the prompt: a full reset."""
-        f = self.frames
         self.generator.manual_seed(prompt.seed)
-        self.noise = self._draw_noise_from(self.generator)
-        self.x_t = torch.zeros_like(self.noise)  # [x_new ; B]: this frame's input rows, then the buffer
-        self.stock_noise = torch.zeros_like(self.noise)  # s: the residual noise of RCFG
-        self._stock_scratch = torch.zeros_like(self.noise)
-        self.txt2img_generator = torch.Generator(self.device).manual_seed(prompt.seed)
+        self.noise.copy_(self._draw_noise_from(self.generator))
+        self.x_t.zero_()
+        self.stock_noise.zero_()
+        self.txt2img_generator.manual_seed(prompt.seed)
         self.set_schedule(self.config.t_index_list, self.config.num_inference_steps)
         self.cond = self.models.encode_prompt(prompt.text)
         self.uncond = self.models.encode_prompt(prompt.negative)
-        self.cfg = None  # type: ignore[assignment]  # a new prepare picks the strategy afresh
-        self.embeddings = None  # type: ignore[assignment]
         self.set_guidance(prompt.guidance, prompt.delta)
+        self.set_embeddings(self.cond, self.uncond)
         self.set_filter(filter_config or FilterConfig(), seed=prompt.seed)
         self.last_output = None
-        log.debug("prepared: %d slots x %d frames, latent %s, cfg %s", self.slots, f, self.latent_shape, self.cfg)
+        log.debug(
+            "prepared: %d slots x %d frames, latent %s, cfg %s", self.slots, self.frames, self.latent_shape, self.cfg
+        )
 
     def set_schedule(self, t_index_list: list[int], num_inference_steps: int) -> None:
         """New timesteps for the same number of slots: tables recomputed, buffers and noise kept."""
@@ -103,7 +153,7 @@ class StreamPipeline:
                 f"t_index_list {t_index_list} has {len(t_index_list)} steps; this pipeline was built for "
                 f"{self.slots} (changing the number of steps rebuilds the pipeline)"
             )
-        self.tables = build_slot_tables(
+        tables = build_slot_tables(
             self.models.scheduler_config,
             t_index_list,
             num_inference_steps,
@@ -112,9 +162,14 @@ class StreamPipeline:
             device=self.device,
             dtype=self.dtype,
         )
-        self._slot_tables = [
-            slot_rows(self.tables, slice(i * self.frames, (i + 1) * self.frames)) for i in range(self.slots)
-        ]
+        if self.tables is None:
+            self.tables = tables
+            self._slot_tables = [
+                slot_rows(self.tables, slice(i * self.frames, (i + 1) * self.frames)) for i in range(self.slots)
+            ]
+        else:  # in place: the step (and its CUDA graph) keeps reading the same tensors
+            for field in fields(SlotTables):
+                getattr(self.tables, field.name).copy_(getattr(tables, field.name))
         self._update_noise_terms()
 
     def noise_shape(self) -> tuple[int, ...]:
@@ -140,32 +195,36 @@ class StreamPipeline:
 
     def _update_noise_terms(self) -> None:
         f, tables = self.frames, self.tables
-        # Products of constants, computed once instead of every frame.
-        self._first_noise = tables.beta[:f] * self.noise[:f]  # b_0·z_0: noises the new frames to τ_0
-        self._buffer_noise = tables.beta[f:] * self.noise[f:]  # b_{j+1}·z_{j+1}: re-noises the buffer
+        # Products of constants, computed once instead of every frame (in place: fixed addresses).
+        torch.mul(tables.beta[:f], self.noise[:f], out=self._first_noise)  # b_0·z_0: noises the new frames to τ_0
+        torch.mul(tables.beta[f:], self.noise[f:], out=self._buffer_noise)  # b_{j+1}·z_{j+1}: re-noises the buffer
         if not self.config.do_add_noise:
             self._buffer_noise.zero_()
-        self._noise_next = torch.cat([self.noise[f:], self.noise[:f]])  # z_{(i+1) mod n}, for the residual
+        torch.cat([self.noise[f:], self.noise[:f]], out=self._noise_next)
 
     def set_guidance(self, guidance: float, delta: float) -> None:
-        """Live: the same strategy takes the new values in place; crossing guidance 1 under full or initialize
-        switches strategy (the uncond rows come or go) and re-lays the embeddings. Buffers are kept."""
+        """Live: g and δ are written into their device tensors; only crossing guidance 1 switches strategy
+        (under full or initialize the uncond rows come or go, and the embeddings are re-laid), which makes a
+        CUDA graph capture again. Buffers are kept."""
         self.guidance, self.delta = guidance, delta
-        cfg = select_cfg(self.config.cfg_type, guidance, delta, self.frames)
-        new_layout = type(cfg) is not type(getattr(self, "cfg", None))
-        self.cfg: CfgStrategy = cfg
+        self.scalars.set(guidance, delta)
+        cfg = select_cfg(self.config.cfg_type, guidance, self.scalars, self.frames)
+        if type(cfg) is type(self.cfg):
+            return
+        self.cfg = cfg
         self._update_residual: Callable[..., None] = self._residual_update if cfg.residual else _nothing
-        if new_layout:
-            self.set_embeddings(self.cond, self.uncond)
+        self._run.invalidate()
+        self.set_embeddings(self.cond, self.uncond)
 
     def set_embeddings(self, cond: torch.Tensor, uncond: torch.Tensor) -> None:
         """Swap the prompt (cond, uncond: [1, L, D]) without touching buffers or noise: no flash."""
         self.cond, self.uncond = cond, uncond
-        embeddings = self.cfg.embeddings(cond, uncond, self.unet_rows)
-        if getattr(self, "embeddings", None) is not None and self.embeddings.shape == embeddings.shape:
+        embeddings = self.cfg.embeddings(cond, uncond, self.unet_rows)  # type: ignore[union-attr]
+        if self.embeddings is not None and self.embeddings.shape == embeddings.shape:
             self.embeddings.copy_(embeddings)
-        else:
+        else:  # a new layout (new strategy): the step is captured again
             self.embeddings = embeddings
+            self._run.invalidate()
 
     def set_filter(self, config: FilterConfig, seed: int = 0) -> None:
         self.filter = SimilarityFilter(config.threshold, config.max_skip_frames, seed) if config.enabled else NoFilter()
@@ -174,25 +233,44 @@ class StreamPipeline:
 
     @torch.no_grad()
     def step(self, image: torch.Tensor | None = None) -> torch.Tensor:
-        """image: [f, 3, H, W] in [−1, 1] (None for txt2img) → the f frames leaving the pipeline."""
+        """image: [f, 3, H, W] in [−1, 1] (None for txt2img) → the f frames leaving the pipeline [f, 3, H, W]
+        (valid until the next step: with stream.cuda_graph it is the graph's output buffer)."""
         # 1. Similarity filter: a frame like the last one repeats the last output, with no model work.
         self.skipped = image is not None and self.filter.should_skip(image)
         if self.skipped:
             return self.last_output
+        self._draw_input()  # txt2img: fresh noise for the new rows (outside the graph: its generator advances)
+        # 2-7. Encode, denoise, decode: called directly, or replayed as one CUDA graph.
+        self.last_output = self._run(image)
+        return self.last_output
+
+    def _model_step(self, image: torch.Tensor | None) -> torch.Tensor:
         # 2. Encode the new frames into x_t[:f], noised to the first timestep.
         self._encode_input(image)
         # 3-6. Denoise every slot (UNet + CFG, LCM step, residual, buffer roll).
         x0_out = self._denoise()
         # 7. Decode the frames that finished their last step.
-        self.last_output = self.codec.decode(x0_out)
-        return self.last_output
+        return self.codec.decode(x0_out)
+
+    @contextmanager
+    def _state_kept(self) -> Iterator[None]:
+        """Runs of the step inside (warm-up, capture) leave the stream's state as it was."""
+        kept = [self.x_t.clone(), self.stock_noise.clone()]
+        generators = [self.generator.get_state(), self.txt2img_generator.get_state()]
+        try:
+            yield
+        finally:
+            self.x_t.copy_(kept[0])
+            self.stock_noise.copy_(kept[1])
+            self.generator.set_state(generators[0])
+            self.txt2img_generator.set_state(generators[1])
 
     def _encode_image(self, image: torch.Tensor | None) -> None:
         # x_new = a_0·ℓ + b_0·z_0   [f, C, h, w]
         latent = self.codec.encode(image)
         torch.add(self.tables.alpha[: self.frames] * latent, self._first_noise, out=self.x_t[: self.frames])
 
-    def _draw_noise(self, image: torch.Tensor | None) -> None:
+    def _draw_noise(self) -> None:
         # txt2img: the new rows start from fresh, seeded Gaussian noise.
         self.x_t[: self.frames].normal_(generator=self.txt2img_generator)
 
@@ -228,10 +306,12 @@ class StreamPipeline:
         return x0
 
     def _shift(self) -> None:
+        # s ← [z_0 ; s_0 … s_{n−2}], in place (a CUDA graph needs s at a fixed address): via the scratch rows,
+        # since the source and destination rows overlap.
         f = self.frames
-        self._stock_scratch[:f].copy_(self.noise[:f])
         self._stock_scratch[f:].copy_(self.stock_noise[:-f])
-        self.stock_noise, self._stock_scratch = self._stock_scratch, self.stock_noise
+        self.stock_noise[f:].copy_(self._stock_scratch[f:])
+        self.stock_noise[:f].copy_(self.noise[:f])
 
     @staticmethod
     def _residual_update(stock: torch.Tensor, noise_next: torch.Tensor, eps: torch.Tensor, tables: SlotTables) -> None:

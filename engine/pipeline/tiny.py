@@ -156,14 +156,22 @@ def scheduler_config() -> dict[str, Any]:
 
 def save_tiny_pipeline(folder: str | Path) -> Path:
     """Write the tiny model as a diffusers StableDiffusionPipeline folder (loadable by any diffusers tool)."""
+    tokenizer = build_tokenizer()
+    return save_pipeline_folder(folder, build_unet(), build_vae(), build_text_encoder(tokenizer), tokenizer)
+
+
+def save_pipeline_folder(
+    folder: str | Path, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module, tokenizer: Any
+) -> Path:
+    """Write these parts (a tokenizer from build_tokenizer) as a StableDiffusionPipeline folder with an LCM
+    scheduler, loadable by diffusers 0.24 and transformers 4.x as well as today's versions."""
     from diffusers import LCMScheduler, StableDiffusionPipeline
 
-    tokenizer = build_tokenizer()
     pipe = StableDiffusionPipeline(
-        vae=build_vae(),
-        text_encoder=build_text_encoder(tokenizer),
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=build_unet(),
+        unet=unet,
         scheduler=LCMScheduler.from_config(scheduler_config()),
         safety_checker=None,
         feature_extractor=None,

@@ -1,0 +1,113 @@
+"""Backend selection: stream.acceleration picks the UNet and VAE backends once, per pipeline; stream.cuda_graph
+picks how a step runs. The stream code calls what is chosen and never branches on the backend.
+
+  none      eager PyTorch (eager.py): fp16/bf16 on CUDA, channels_last, SDPA attention
+  compile   torch.compile, one graph per shape (compiled.py)
+  tensorrt  a TensorRT engine for the UNet, built or loaded from the engine cache (tensorrt.py, engine_cache.py:
+            `pip install 'dreamwire[tensorrt]'`); the VAE runs eager
+
+A requested backend that fails stops the run with a DreamwireError naming what failed, unless the preset says
+`stream.acceleration_fallback: none` (then eager, with a warning): see fallback.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.backends.compiled import CompiledUNet, CompiledVae
+from engine.backends.cuda_graph import Body, CudaGraphStep, EagerStep, StepRunner
+from engine.backends.eager import CpuFallbackLog, MpsVae, prepare_modules
+from engine.backends.fallback import Fallback
+from engine.backends.unet import EagerUNet, UNetBackend
+from engine.backends.vae import VaeBackend
+from engine.config.schema import ModelConfig, StreamConfig
+from engine.core.errors import DreamwireError
+
+log = logging.getLogger(__name__)
+ACCELERATIONS = ("none", "compile", "tensorrt")
+TENSORRT_EXTRA = "pip install 'dreamwire[tensorrt]'"
+
+
+@dataclass(frozen=True)
+class Backends:
+    unet: UNetBackend
+    vae: VaeBackend
+    name: str  # the acceleration that actually runs ("none" after an allowed fallback)
+
+
+def select_backends(
+    stream: StreamConfig,
+    model: ModelConfig | None,
+    unet: torch.nn.Module,
+    vae_module: torch.nn.Module,
+    vae: VaeBackend,
+    unet_rows: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Backends:
+    """unet_rows: UNet rows per call with guidance on (n·f, (n+1)·f or 2·n·f, by cfg_type): the TensorRT
+    engine's batch. vae: the eager codec of vae_module."""
+    name = stream.acceleration
+    if name not in ACCELERATIONS:
+        raise DreamwireError(f"stream.acceleration {name!r} is unknown (allowed: {', '.join(ACCELERATIONS)})")
+    fallback = Fallback(stream.acceleration_fallback == "none")
+    prepare_modules(unet, vae_module, device)
+    eager = _eager(unet, vae, device)
+    if name == "none":
+        return eager
+    try:
+        if name == "compile":
+            return Backends(CompiledUNet(unet, fallback), CompiledVae(vae, fallback), "compile")
+        return Backends(_tensorrt_unet(unet, model, stream, unet_rows, device, dtype), eager.vae, "tensorrt")
+    except Exception as error:  # a TensorRT build fails in many ways; the rule is the same for all of them
+        fallback.failed(f"stream.acceleration {name!r}", error)
+        return eager
+
+
+def _eager(unet: torch.nn.Module, vae: VaeBackend, device: torch.device) -> Backends:
+    if device.type == "mps":
+        return Backends(CpuFallbackLog(EagerUNet(unet)), MpsVae(vae), "none")
+    return Backends(EagerUNet(unet), vae, "none")
+
+
+def _tensorrt_unet(
+    unet: torch.nn.Module,
+    model: ModelConfig | None,
+    stream: StreamConfig,
+    unet_rows: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> UNetBackend:
+    try:  # lazily: tensorrt is an optional extra, and its import is slow
+        from engine.backends.engine_cache import engine_spec
+        from engine.backends.tensorrt import build_unet_backend
+
+        if model is None:
+            raise DreamwireError("the TensorRT engine key needs the model's config: load the models with load_models")
+        return build_unet_backend(unet, engine_spec(model, stream, unet_rows, dtype, device))
+    except ImportError as error:
+        raise DreamwireError(
+            f"the TensorRT backend is not installed ({error}): {TENSORRT_EXTRA}, matched to torch's CUDA version"
+        ) from error
+
+
+def make_step_runner(
+    stream: StreamConfig,
+    body: Body,
+    preserve: Callable[[], AbstractContextManager[Any]],
+    device: torch.device,
+) -> StepRunner:
+    """How a step's model part runs: one CUDA graph replay (stream.cuda_graph), or call by call."""
+    if not stream.cuda_graph:
+        return EagerStep(body, preserve, warm=stream.acceleration == "compile")
+    if device.type != "cuda":
+        raise DreamwireError(
+            f"stream.cuda_graph needs a CUDA device (model.device is {device.type}); set stream.cuda_graph=false"
+        )
+    return CudaGraphStep(body, preserve, device, Fallback(stream.acceleration_fallback == "none"))
