@@ -647,3 +647,69 @@ def test_mdns_advertises_oscjson_and_osc_udp():
     finally:
         browser.close()
         advertisement.close()
+
+
+# ---- dreamwire run --------------------------------------------------------------------------------------------
+
+
+def _run_command(*overrides: str) -> list[str]:
+    import sys
+
+    command = [sys.executable, "-m", "engine.commands.cli", "run", "--preset", "offline-demo"]
+    command += ["--input", "pattern:?width=64&height=64&fps=30", "--output", "preview:?port=0"]
+    for item in ("stream.width=64", "stream.height=64", "osc.status_hz=0", *overrides):
+        command += ["--set", item]
+    return command
+
+
+def test_dreamwire_run_serves_osc_by_default_and_stops_cleanly():
+    import re
+    import signal
+    import subprocess
+
+    feedback = Feedback()
+    process = subprocess.Popen(
+        _run_command("osc.port=0", f"osc.feedback=127.0.0.1:{feedback.port}"), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stderr is not None
+        port = None
+        for line in process.stderr:
+            found = re.search(r"OSC listening on 127\.0\.0\.1:(\d+) \(UDP\)", line)
+            port = int(found.group(1)) if found else port
+            if "running:" in line:
+                break
+        assert port is not None, "no 'OSC listening on' line"
+        controller = Controller(port)
+        controller.send(f"{NS}/prompt/guidance", 99.0)
+        assert "prompt.guidance: 99.0 is not accepted" in feedback.wait(f"{NS}/error", timeout=30)[0]
+        controller.send(f"{NS}/prompt/guidance", 2.0)
+        deadline = time.perf_counter() + 30
+        value = None
+        while value != [2.0]:  # applied at a frame boundary of the running engine
+            assert time.perf_counter() < deadline, f"guidance never became 2.0 ({value})"
+            controller.send(f"{NS}/get", "/guidance")
+            value = feedback.wait(f"{NS}/prompt/guidance", timeout=30)
+            time.sleep(0.1)
+        controller.close()
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=30)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+        feedback.close()
+    assert process.returncode == 0, rest
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", port))  # the OSC port is free again
+
+
+def test_dreamwire_run_with_its_osc_port_taken_is_one_line_and_exit_2():
+    import subprocess
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        done = subprocess.run(_run_command(f"osc.port={port}"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+    assert errors == [f"ERROR dreamwire: OSC: cannot listen on UDP 127.0.0.1:{port} (Address already in use)"]

@@ -129,8 +129,8 @@ class AddressSpace:
         if found is not None:
             return found
         for name in STREAMDIFFUSIONTD_UNSUPPORTED:
-            if relative == name.rstrip("/") or relative.startswith(name):
-                raise DreamwireError(f"StreamDiffusionTD's {name}… is not supported yet")
+            if relative == name.rstrip("/") or relative.startswith(name.rstrip("/") + "/"):
+                raise DreamwireError(f"StreamDiffusionTD's {_shown(name)} is not supported yet")
         raise DreamwireError("unknown address (the address space: README, or GET / on the OSCQuery port)")
 
     def relative(self, address: str) -> str:
@@ -325,5 +325,10 @@ def markdown_tables(namespace: str = "/dreamwire") -> str:
     for route in STREAMDIFFUSIONTD:
         meaning = route.doc if route.command else f"`{parameter_address(route.target)}`"
         rows.append(f"| `{route.address}` | {route.arguments or '-'} | {meaning} |")
-    rows += [f"| `{name}…` | | not supported yet (answered on `/error`) |" for name in STREAMDIFFUSIONTD_UNSUPPORTED]
+    rows += [f"| `{_shown(n)}` | | not supported yet (answered on `/error`) |" for n in STREAMDIFFUSIONTD_UNSUPPORTED]
     return "\n".join(rows)
+
+
+def _shown(name: str) -> str:
+    """'/fx/' (a prefix) → '/fx/…'."""
+    return name + "…" if name.endswith("/") else name
