@@ -254,8 +254,9 @@ class OscControl:
                 f"preset {name!r} changes rebuild keys {', '.join(refused)}: refused over OSC unless the preset "
                 "sets osc.allow_rebuild_keys: true"
             )
-        for spec, value in _schedule_first(changes, current.stream.num_inference_steps):
+        for spec, value in changes:  # all checked before any is sent: a preset is taken whole or not at all
             self.check_value(spec.path, value)
+        for spec, value in _schedule_first(changes, current.stream.num_inference_steps):
             self.engine.set(spec.path, value, **self._duration())
         log.info("OSC /preset %s: %d values changed", name, len(changes))
 
