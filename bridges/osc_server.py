@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import socketserver
 import threading
 from collections.abc import Callable, Collection, Generator
 from typing import Any
@@ -116,7 +117,7 @@ class OscServer:
         except OSError as error:
             raise DreamwireError(f"OSC: cannot listen on UDP {host}:{port} ({error.strerror or error})") from None
         self.host, self.port = self._server.server_address[:2]
-        self._thread: threading.Thread | None = None
+        self._serving = ServerThread(self._server, "dreamwire-osc")
         received = self._server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         if received < RECEIVE_BUFFER_BYTES:  # Linux reports twice what it grants; others may cap it lower
             log.info("OSC receive buffer is %d KB (the system caps it below 4 MB)", received // 1024)
@@ -130,18 +131,11 @@ class OscServer:
             )
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="dreamwire-osc", daemon=True
-        )
-        self._thread.start()
+        self._serving.start()
         log.info("OSC listening on %s:%d (UDP)", self.host, self.port)
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()  # returns within poll_interval
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
+        self._serving.close()
 
     def accept(self, data: bytes, sender: Sender) -> bool:
         """On the server thread, before python-osc dispatches: count, check the sender and the structure."""
@@ -164,6 +158,27 @@ class OscServer:
 
     def _dispatch(self, sender: Sender, address: str, *args: Any) -> None:
         self.on_message(address, list(args), sender)
+
+
+class ServerThread:
+    """A socketserver served on its own daemon thread; close() returns within the 0.1 s poll interval."""
+
+    def __init__(self, server: socketserver.BaseServer, name: str) -> None:
+        self.server, self.name = server, name
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, name=self.name, daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:  # shutdown() on a server that never served would wait forever
+            self.server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.server.server_close()
 
 
 def is_loopback(host: str) -> bool:

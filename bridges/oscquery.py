@@ -19,14 +19,13 @@ import ipaddress
 import json
 import logging
 import socket
-import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from bridges.osc_server import is_loopback
+from bridges.osc_server import ServerThread, is_loopback
 from engine.core.errors import DreamwireError
 
 log = logging.getLogger(__name__)
@@ -75,23 +74,16 @@ class OscQueryServer:
             ) from None
         self._server.daemon_threads = True
         self.host, self.port = self._server.server_address[:2]
-        self._thread: threading.Thread | None = None
+        self._serving = ServerThread(self._server, "dreamwire-oscquery")
         if not is_loopback(str(self.host)):
             log.warning("OSCQuery serves on %s:%d (TCP), not loopback", self.host, self.port)
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="dreamwire-oscquery", daemon=True
-        )
-        self._thread.start()
+        self._serving.start()
         log.info("OSCQuery on http://%s:%d/", self.host, self.port)
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
+        self._serving.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
