@@ -227,6 +227,38 @@ def test_rebuild_and_start_keys_are_refused_by_default_and_get_still_reads_them(
     assert r.get(f"{NS}/model/vae") == ["tiny-taesd"]
 
 
+# A new value for every rebuild key: accepted when the preset allows it (checked, queued; not applied here).
+REBUILD_VALUES: dict[str, tuple[tuple[Any, ...], Any]] = {
+    "model.id": (("/models/my-sd-turbo",), "/models/my-sd-turbo"),
+    "model.vae": ((None,), None),
+    "model.dtype": (("bfloat16",), "bfloat16"),
+    "model.device": (("cuda:1",), "cuda:1"),
+    "stream.mode": (("txt2img",), "txt2img"),
+    "stream.width": ((96,), 96),
+    "stream.height": ((80.0,), 80),
+    "stream.frame_buffer_size": ((2,), 2),
+    "stream.cfg_type": (("onetime",), "initialize"),
+    "stream.use_denoising_batch": ((("F", False),), False),
+    "stream.do_add_noise": ((0,), False),
+    "stream.acceleration": (("tensorrt",), "tensorrt"),
+    "io.input": (("pattern:?fps=10",), "pattern:?fps=10"),
+    "io.outputs": (("preview:?port=0",), ["preview:?port=0"]),
+}
+
+
+def test_every_rebuild_key_address_is_accepted_when_the_preset_allows_it(rig):
+    rebuild = {path for path, spec in registry().items() if not spec.live and not spec.startup}
+    assert set(REBUILD_VALUES) == rebuild, "give the new rebuild parameter a value here"
+    r = rig(allow_rebuild_keys=True)
+    for path, (args, _) in REBUILD_VALUES.items():
+        r.controller.send(NS + parameter_address(path), *args)
+    assert r.controller.sync(r.feedback) == []
+    requested = r.engine.requested.snapshot()
+    for path, (_, expected) in REBUILD_VALUES.items():
+        section, name = path.split(".")
+        assert getattr(getattr(requested, section), name) == expected, path
+
+
 def test_rebuild_keys_change_when_the_preset_allows_it_but_file_uris_never(rig):
     r = rig(allow_rebuild_keys=True)
     r.controller.send(f"{NS}/io/input", "file:/etc/passwd")
