@@ -2,12 +2,14 @@
 its own thread (as `dreamwire run` has them):
 
 - latency: a datagram sent → the parameter applied at the next frame boundary (p50/p99 over many changes, sent
-  at random moments relative to the frames); the target is p99 < one frame time + 2 ms;
+  at random moments relative to the frames); the target is p99 < one frame time + 2 ms, checked message by
+  message against the frame that was in progress when it was sent (frame times vary);
 - burst: output fps while 2,000 messages arrive within a second, against fps without them.
 """
 
 from __future__ import annotations
 
+import bisect
 import random
 import socket
 import struct
@@ -128,32 +130,45 @@ def osc_benchmarks(models: Models, preset: Preset, messages: int = 200, seed: in
     latency = [1000 * (engine.applied[v] - sent[v]) for v in done]
     osc = [1000 * (engine.queued[v] - sent[v]) for v in done]  # what the OSC path adds before the frame boundary
     frames = np.diff(boundaries) * 1000
-    next_boundary = sum(_applied_at_next_boundary(engine.queued[v], engine.applied[v], boundaries) for v in done)
-    frame_ms = float(np.median(frames))
-    p99 = _percentile(latency, 99)
+    # Against the frame in progress when the message was sent (frame times vary, on a shared CPU a lot): latency
+    # minus that frame's duration is at most the OSC path's own time when the change makes the next boundary.
+    excess, next_boundary = [], 0
+    for v in done:
+        before, after = _around(boundaries, sent[v])
+        if before is None or after is None:
+            continue
+        excess.append(1000 * (engine.applied[v] - sent[v]) - 1000 * (after - before))
+        next_boundary += engine.applied[v] < _following(boundaries, after)
     return {
         "messages": messages,
         "applied": len(done),
         "applied_at_next_boundary": next_boundary,
         "p50_ms": _percentile(latency, 50),
-        "p99_ms": p99,
+        "p99_ms": _percentile(latency, 99),
         "max_ms": max(latency, default=float("nan")),
         "osc_p50_ms": _percentile(osc, 50),
         "osc_p99_ms": _percentile(osc, 99),
-        "frame_ms": frame_ms,
+        "frame_ms": float(np.median(frames)),
         "frame_p99_ms": _percentile(list(frames), 99),
-        "target_ms": frame_ms + 2.0,
-        "met": p99 < frame_ms + 2.0,
+        "excess_p99_ms": _percentile(excess, 99),
+        "met": _percentile(excess, 99) < 2.0,
         "fps_quiet": quiet_fps,
         "fps_during_burst": burst_fps,
         "burst_seconds": burst_seconds,
     }
 
 
-def _applied_at_next_boundary(queued: float, applied: float, boundaries: list[float]) -> bool:
-    """Applied during the first frame boundary that began after the change was queued."""
-    later = [b for b in boundaries if b >= queued]
-    return bool(later) and (len(later) == 1 or applied < later[1])
+def _around(boundaries: list[float], t: float) -> tuple[float | None, float | None]:
+    """The frame boundaries just before and just after time t."""
+    index = bisect.bisect_right(boundaries, t)
+    before = boundaries[index - 1] if index > 0 else None
+    after = boundaries[index] if index < len(boundaries) else None
+    return before, after
+
+
+def _following(boundaries: list[float], boundary: float) -> float:
+    index = bisect.bisect_right(boundaries, boundary)
+    return boundaries[index] if index < len(boundaries) else float("inf")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -175,10 +190,11 @@ def _burst_fps(rig: _Rig, count: int) -> tuple[float, float]:
 def format_osc(result: dict[str, Any]) -> str:
     return (
         f"OSC receipt → applied at the next frame boundary: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f}"
-        f" ms (max {result['max_ms']:.2f}); {result['applied_at_next_boundary']}/{result['messages']} at the next"
-        f" boundary; frame time median {result['frame_ms']:.2f} ms (p99 {result['frame_p99_ms']:.2f}): target p99 <"
-        f" {result['target_ms']:.2f} ms {'met' if result['met'] else 'NOT met'}; the OSC path itself (send → queued"
-        f" for the engine) p50 {result['osc_p50_ms']:.2f} ms, p99 {result['osc_p99_ms']:.2f} ms\n"
+        f" ms (max {result['max_ms']:.2f}); {result['applied_at_next_boundary']}/{result['messages']} applied at the"
+        f" first boundary after they were sent; frame time median {result['frame_ms']:.2f} ms, p99"
+        f" {result['frame_p99_ms']:.2f} ms. Latency − the frame in progress when sent: p99"
+        f" {result['excess_p99_ms']:.2f} ms (target < 2 ms: {'met' if result['met'] else 'NOT met'}). The OSC path"
+        f" alone (send → queued for the engine): p50 {result['osc_p50_ms']:.2f} ms, p99 {result['osc_p99_ms']:.2f} ms\n"
         f"OSC burst: {result['fps_quiet']:.1f} fps quiet, {result['fps_during_burst']:.1f} fps while 2000 messages"
         f" arrived in {result['burst_seconds']:.2f} s"
     )
