@@ -65,6 +65,8 @@ def test_sigterm_stops_cleanly_and_the_file_is_complete(tmp_path):
         "pattern:?width=64&height=64&fps=30",
         "--output",
         f"file:{out}",
+        "--set",
+        "osc.port=0",  # any free port: never collide with a dreamwire already on 9000
     ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=os.getcwd())
     assert process.stderr is not None

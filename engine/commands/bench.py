@@ -283,6 +283,7 @@ def ratios(results: list[Measurement]) -> dict[str, float]:
 
 def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
     from engine.commands.bench_live import loop_efficiency, memory_soak, prompt_change_frame_times
+    from engine.commands.bench_osc import osc_benchmarks
 
     torch.set_grad_enabled(False)
     models = load_models(preset.model)
@@ -296,6 +297,7 @@ def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
         "prompt_changes": {**asdict(changes), "p99_over_median": changes.p99_over_median},
         "loop": loop_efficiency(models, preset, seconds=max(2.0, args.frames / 6)),
     }
+    report["osc"] = osc_benchmarks(models, preset)
     if args.soak:
         report["soak"] = memory_soak(models, preset, args.soak)
     if args.reference_python:
@@ -316,6 +318,10 @@ def format_report(results: list[Measurement], report: dict[str, Any]) -> str:
         f"loop efficiency: engine {loop['engine_fps']:.1f} fps / bare pipeline {loop['bare_pipeline_fps']:.1f} fps "
         f"= {loop['efficiency']:.2f}"
     )
+    if "osc" in report:
+        from engine.commands.bench_osc import format_osc
+
+        lines.append(format_osc(report["osc"]))
     if "soak" in report:
         soak = report["soak"]
         lines.append(

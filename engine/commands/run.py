@@ -9,12 +9,14 @@ from types import FrameType
 from engine.config.schema import Preset
 from engine.live.loop import LiveEngine
 from engine.live.metrics import StatusLinePrinter
+from engine.live.osc_surface import OscSurface
 
 log = logging.getLogger(__name__)
 
 
 def run_live(preset: Preset, duration: float | None = None) -> None:
     engine = LiveEngine(preset)
+    osc = start_osc(engine, preset)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
@@ -26,7 +28,20 @@ def run_live(preset: Preset, duration: float | None = None) -> None:
     try:
         engine.run(duration)
     finally:
+        if osc is not None:
+            osc.close()
         status.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopped after %d frames", engine.frame_number)
+
+
+def start_osc(engine: LiveEngine, preset: Preset) -> OscSurface | None:
+    """The OSC control surface (osc.enabled); a port that cannot be bound stops here, with the engine closed."""
+    if not preset.osc.enabled:
+        return None
+    try:
+        return OscSurface.start(engine, preset.osc)
+    except BaseException:
+        engine.close()
+        raise

@@ -25,6 +25,12 @@ class ParamSpec:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    startup: bool = False  # read once when `dreamwire run` starts (osc.*): neither live nor a rebuild
+
+    @property
+    def when(self) -> str:
+        """When a change takes effect: 'live', 'rebuild' or 'at start'."""
+        return "at start" if self.startup else "live" if self.live else "rebuild"
 
     def allowed(self) -> str:
         """The allowed values, for error messages and docs."""
@@ -79,6 +85,7 @@ def registry() -> dict[str, ParamSpec]:
                 minimum=low,
                 maximum=high,
                 choices=choices,
+                startup=bool(extra.get("startup", False)),
             )
     return specs
 
@@ -87,10 +94,8 @@ def markdown_table() -> str:
     """The README's parameter table."""
     rows = ["| parameter | type / allowed | default | live | description |", "|---|---|---|---|---|"]
     for spec in registry().values():
-        rows.append(
-            f"| `{spec.path}` | {spec.allowed()} | `{spec.default!r}` | {'live' if spec.live else 'rebuild'} "
-            f"| {spec.doc} |"
-        )
+        allowed = spec.allowed().replace("|", "\\|")  # "str|null" inside a table cell
+        rows.append(f"| `{spec.path}` | {allowed} | `{spec.default!r}` | {spec.when} | {spec.doc} |")
     return "\n".join(rows)
 
 

@@ -7,6 +7,7 @@ parameter is added in exactly one place.
 
 from __future__ import annotations
 
+import ipaddress
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -23,6 +24,11 @@ def live(default: Any, doc: str, **constraints: Any) -> Any:
 def rebuild(default: Any, doc: str, **constraints: Any) -> Any:
     """A parameter whose change rebuilds the pipeline (the last frame is held meanwhile)."""
     return Field(default, description=doc, json_schema_extra={"live": False}, **constraints)
+
+
+def at_start(default: Any, doc: str, **constraints: Any) -> Any:
+    """A parameter read once when `dreamwire run` starts (the control surface's own settings)."""
+    return Field(default, description=doc, json_schema_extra={"live": False, "startup": True}, **constraints)
 
 
 class Section(BaseModel):
@@ -134,9 +140,57 @@ class IOConfig(Section):
     outputs: list[str] = rebuild(["preview:"], "Sink URIs (preview:, file:PATH, spout:NAME, syphon:NAME, ndi:NAME).")
 
 
+class OscConfig(Section):
+    """The OSC control surface and its OSCQuery server (engine/live/osc_surface.py)."""
+
+    enabled: bool = at_start(True, "Start the OSC server (UDP) and its OSCQuery server (HTTP) with `dreamwire run`.")
+    host: str = at_start(
+        "127.0.0.1", "Interface to bind; anything but loopback is logged as a warning naming the port.", min_length=1
+    )
+    port: int = at_start(9000, "UDP port for OSC (0: any free port).", ge=0, le=65535)
+    feedback: str = at_start(
+        "127.0.0.1:9001",
+        "host:port that errors, echoes and status go to (not the sender's port); empty: none.",
+        pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]+):\d{1,5}$",
+    )
+    namespace: str = at_start(
+        "/dreamwire",
+        "Prefix of every address; optional on what arrives, always on what is sent back; empty for none.",
+        pattern=r"^(/[A-Za-z0-9_.-]+)*$",
+    )
+    status_hz: float = at_start(
+        4.0, "Numeric status messages per second to the feedback address (0: only on /status).", ge=0.0, le=60.0
+    )
+    allow: list[str] = at_start([], "Sender IPs allowed; empty: any sender that reaches the bound interface.")
+    allow_rebuild_keys: bool = at_start(
+        False, "Let OSC change model.*, io.* and the other rebuild keys (file: URIs are refused all the same)."
+    )
+    query_port: int | None = at_start(
+        None, "TCP port of the OSCQuery HTTP server; null: the OSC port's number, 0: any free port.", ge=0, le=65535
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _check_allow(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"osc.allow entry {item!r} is not an IP address, e.g. 192.168.1.20") from None
+        return value
+
+    @field_validator("feedback")
+    @classmethod
+    def _check_feedback_port(cls, value: str) -> str:
+        if value and not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError(f"osc.feedback {value!r}: the port must be in 1..65535")
+        return value
+
+
 class Preset(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     io: IOConfig = Field(default_factory=IOConfig)
+    osc: OscConfig = Field(default_factory=OscConfig)

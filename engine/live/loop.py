@@ -81,6 +81,7 @@ class LiveEngine:
         self._seen_input, self._seen_dropped = 0, 0
         self._status_sinks: list[Any] = []
         self._status_shown = 0.0
+        self.status_sources: list[Callable[[], dict[str, Any]]] = []  # more numbers for status(): the OSC counters
 
     # ---- other threads: send changes ------------------------------------------------------------------
 
@@ -131,7 +132,8 @@ class LiveEngine:
 
     def status(self) -> dict[str, Any]:
         """The live numbers (see engine/metrics.py) plus the engine's state, for the OSC bridge and the CLI."""
-        return {**self.metrics.snapshot(), "paused": self.paused, "rebuilding": self._rebuild is not None}
+        extra = {key: value for source in self.status_sources for key, value in source().items()}
+        return {**self.metrics.snapshot(), "paused": self.paused, "rebuilding": self._rebuild is not None, **extra}
 
     # ---- the engine thread ------------------------------------------------------------------------------
 

@@ -1,0 +1,131 @@
+"""The OSC examples: the Max patch and the TouchDesigner script name only addresses dreamwire has; the Python
+controller plays its cue list against a live engine."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from test_live import preset
+
+from engine.config.registry import registry
+from engine.config.schema import OscConfig
+from engine.core.errors import DreamwireError
+from engine.live.loop import LiveEngine
+from engine.live.osc_addresses import STATUS_ADDRESSES, AddressSpace, parameter_address, strength_to_t_index_list
+from engine.live.osc_surface import OscSurface
+
+ROOT = Path(__file__).resolve().parents[1]
+NS = "/dreamwire"
+
+
+def _feedback_addresses() -> set[str]:
+    """What dreamwire sends to the feedback port."""
+    sent = {NS + address for address, _ in STATUS_ADDRESSES.values()}
+    sent |= {f"{NS}/status/prompt", f"{NS}/error", f"{NS}/status", f"{NS}/strength", f"{NS}/pause"}
+    return sent | {NS + parameter_address(path) for path in registry()}
+
+
+def _unknown(addresses: set[str]) -> list[str]:
+    space, feedback, bad = AddressSpace(NS), _feedback_addresses(), []
+    for address in sorted(addresses):
+        try:
+            space.route(address)
+        except DreamwireError:
+            if address not in feedback:
+                bad.append(address)
+    return bad
+
+
+def test_the_max_patch_is_json_and_names_only_existing_addresses():
+    patch = json.loads((ROOT / "examples" / "maxmsp" / "dreamwire.maxpat").read_text())["patcher"]
+    boxes = {b["box"]["id"]: b["box"] for b in patch["boxes"]}
+    texts = [b.get("text", "") for b in boxes.values() if b["maxclass"] in ("message", "newobj")]
+    assert "udpsend 127.0.0.1 9000" in texts and "udpreceive 9001" in texts
+    for line in patch["lines"]:
+        assert line["patchline"]["source"][0] in boxes and line["patchline"]["destination"][0] in boxes
+    addresses = {token for text in texts for token in text.split() if token.startswith("/")}
+    assert len(addresses) > 15
+    assert _unknown(addresses) == []
+
+
+def test_the_touchdesigner_script_parses_and_names_only_existing_addresses():
+    path = ROOT / "examples" / "touchdesigner" / "build_dreamwire_network.py"
+    source = path.read_text()
+    tree = ast.parse(source)
+    channels = next(
+        ast.literal_eval(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "CHANNELS"
+    )
+    addresses = {"/" + name for name in channels} | set(re.findall(r"\"(/[^\"\s]+)\"", source))
+    assert f"{NS}/prompt/text" in addresses and "/guidance" in addresses
+    assert _unknown(addresses) == []
+    assert (ROOT / "examples" / "touchdesigner" / "README.md").is_file()
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def running_engine(tiny_taesd_models):
+    from bridges.pattern import PatternSource
+
+    feedback_port = _free_udp_port()
+    config = preset()
+    config.osc = OscConfig(port=0, query_port=0, feedback=f"127.0.0.1:{feedback_port}", status_hz=0)
+    engine = LiveEngine(config, models=tiny_taesd_models)
+    surface = OscSurface.start(engine, config.osc, discovery=False)
+    engine.start_io(source=PatternSource(64, 64, fps=0), sinks=[])
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            engine.apply_pending_controls()
+            engine.step()
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    yield engine, surface, feedback_port
+    stop.set()
+    thread.join()
+    surface.close()
+    engine.close()
+
+
+def test_the_python_controller_plays_its_cues_against_a_live_engine(running_engine):
+    engine, surface, feedback_port = running_engine
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "python" / "osc_controller.py"),
+            "--port",
+            str(surface.server.port),
+            "--listen",
+            str(feedback_port),
+            "--speed",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("cue ") == 10
+    answer = re.search(rf"<- {NS}/prompt/guidance \[([0-9.]+)\]", done.stderr)  # the /get answer
+    assert answer and float(answer.group(1)) == pytest.approx(1.8)
+    p = engine.preset
+    assert (p.prompt.text, p.prompt.seed, p.filter.enabled) == ("a forest of glass, morning light", 7, True)
+    assert p.stream.t_index_list == strength_to_t_index_list(0.6, 2, 50)
