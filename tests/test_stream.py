@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import SIZE, clip, count_unet, make_pipeline, to_input
@@ -109,3 +110,34 @@ def test_tables_follow_the_lcm_schedule(tiny_models):
 def test_width_not_a_multiple_of_the_vae_factor(tiny_models):
     with pytest.raises(DreamwireError, match=r"stream.width 100 is not a multiple of the VAE factor 8"):
         make_pipeline(tiny_models, width=100)
+
+
+@pytest.mark.parametrize("pinned", [False, True], ids=["pageable", "pinned-buffer-path"])
+def test_host_frames_equal_to_uint8_and_are_fresh_arrays(tiny_taesd_models, monkeypatch, pinned):
+    """HostFrames (the sink's copy, through a pinned buffer on CUDA) gives exactly what to_uint8 gives, and a new
+    array each call: a sink that keeps frame k must not see frame k + 1 written over it. On this CPU-only machine
+    the pinned path runs with a plain host tensor in place of page-locked memory: same copies, same order."""
+    from engine.pipeline import image as image_module
+
+    if pinned:
+        monkeypatch.setattr(image_module, "_pinned", lambda shape, device: torch.empty(shape, dtype=torch.uint8))
+    pipeline = make_pipeline(tiny_taesd_models)
+    load, to_host = pipeline.frame_loader(), pipeline.host_frames()
+    assert (to_host.pinned is not None) == pinned
+    frames = clip(3)
+    outputs = [(to_host(out := pipeline.step(load(frames[i : i + 1]))), image_module.to_uint8(out)) for i in range(3)]
+    for host, expected in outputs:
+        np.testing.assert_array_equal(host, expected)
+    assert not np.shares_memory(outputs[1][0], outputs[2][0])
+    assert not np.array_equal(outputs[1][0], outputs[2][0])  # the pattern moves: equal would mean a shared buffer
+
+
+def test_frame_loader_pinned_path_equals_the_direct_one(monkeypatch):
+    from engine.pipeline import image as image_module
+
+    frames = clip(2)
+    direct = image_module.FrameLoader(2, SIZE, SIZE, torch.device("cpu"), torch.float32)(frames).clone()
+    monkeypatch.setattr(image_module, "_pinned", lambda shape, device: torch.empty(shape, dtype=torch.uint8))
+    loader = image_module.FrameLoader(2, SIZE, SIZE, torch.device("cpu"), torch.float32)
+    assert loader.pinned is not None
+    torch.testing.assert_close(loader(frames), direct, rtol=0, atol=0)

@@ -45,7 +45,6 @@ from engine.commands.bench_gpu_reference import PROMPT, bench_frames, timed_loop
 from engine.config.schema import FilterConfig, ModelConfig, PromptConfig, StreamConfig
 from engine.core.errors import DreamwireError
 from engine.pipeline.codec import make_codec
-from engine.pipeline.image import to_uint8
 from engine.pipeline.models import Models, load_models, resolve_device
 from engine.pipeline.stream import StreamPipeline
 
@@ -317,14 +316,14 @@ def _pipeline(models: Models, setting: Setting, backend: str) -> StreamPipeline:
 
 
 def _frame_call(pipeline: StreamPipeline, setting: Setting) -> Callable[[int], np.ndarray]:
-    """One engine frame: a host uint8 frame in (FrameLoader), step(), a host uint8 frame out (to_uint8)."""
-    load = pipeline.frame_loader()
+    """One engine frame: a host uint8 frame in (FrameLoader), step(), a host uint8 frame out (HostFrames)."""
+    load, to_host = pipeline.frame_loader(), pipeline.host_frames()
     frames = bench_frames(8, setting.width, setting.height)
     txt2img = setting.mode != "img2img"
 
     def call(index: int) -> np.ndarray:
         image = None if txt2img else load(frames[index % len(frames)][None])
-        return to_uint8(pipeline.step(image))
+        return to_host(pipeline.step(image))
 
     return call
 
@@ -519,7 +518,7 @@ def _profile(
 
     pipeline = _pipeline(models, setting, backend)
     _annotate(pipeline)
-    load = pipeline.frame_loader()
+    load, to_host = pipeline.frame_loader(), pipeline.host_frames()
     frames = bench_frames(8, setting.width, setting.height)
     txt2img = setting.mode != "img2img"
 
@@ -530,7 +529,7 @@ def _profile(
             with record_function("step"):
                 output = pipeline.step(image)
             with record_function("to_host"):
-                to_uint8(output)
+                to_host(output)
 
     for index in range(5):
         frame(index)

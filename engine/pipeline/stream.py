@@ -28,7 +28,7 @@ from engine.config.schema import FilterConfig, PromptConfig, StreamConfig, check
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy, GuidanceScalars, guided_unet_rows, select_cfg
 from engine.pipeline.codec import make_codec
-from engine.pipeline.image import FrameLoader
+from engine.pipeline.image import FrameLoader, HostFrames
 from engine.pipeline.models import Models
 from engine.pipeline.schedule import SlotTables, build_slot_tables, slot_rows
 from engine.pipeline.similarity_filter import NoFilter, SimilarityFilter
@@ -120,6 +120,10 @@ class StreamPipeline:
     def frame_loader(self) -> FrameLoader:
         """A loader of host frames at this pipeline's size, batch and device (its buffers allocated once)."""
         return FrameLoader(self.frames, self.config.height, self.config.width, self.device, self.dtype)
+
+    def host_frames(self) -> HostFrames:
+        """The step's output → host uint8 frames at this pipeline's size and batch (its buffer allocated once)."""
+        return HostFrames(self.frames, self.config.height, self.config.width, self.device)
 
     # ---- set-up (not per frame) -------------------------------------------------------------------
 
