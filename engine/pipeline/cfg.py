@@ -8,11 +8,11 @@ output into the guided noise prediction ε̂ (DESIGN.md step 4). Rows per UNet c
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol, get_args
 
 import torch
 
-CfgType = Literal["none", "full", "self", "initialize"]
+from engine.config.schema import CfgType
 
 
 class CfgStrategy(Protocol):
@@ -118,8 +118,8 @@ class Initialize(Residual):
 def select_cfg(cfg_type: CfgType, guidance: float, delta: float, frame_buffer_size: int) -> CfgStrategy:
     """The strategy for these settings. As in the reference, guidance ≤ 1 (or cfg none) means no
     uncond rows at all: full falls back to Plain and initialize to Residual."""
-    if cfg_type not in ("none", "full", "self", "initialize"):
-        raise ValueError(f"unknown cfg_type {cfg_type!r} (allowed: none, full, self, initialize)")
+    if cfg_type not in get_args(CfgType):
+        raise ValueError(f"unknown cfg_type {cfg_type!r} (allowed: {', '.join(get_args(CfgType))})")
     guided = guidance > 1.0
     if cfg_type == "none" or (cfg_type == "full" and not guided):
         return Plain()

@@ -59,11 +59,16 @@ class StreamPipeline:
 
     @classmethod
     def prepared(
-        cls, models: Models, stream: StreamConfig, prompt: PromptConfig, filter_config: FilterConfig
+        cls,
+        models: Models,
+        stream: StreamConfig,
+        prompt: PromptConfig,
+        filter_config: FilterConfig,
+        embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> StreamPipeline:
-        """A pipeline for these settings, prepared and ready for step()."""
+        """A pipeline for these settings, prepared and ready for step() (embeddings: see prepare())."""
         pipeline = cls(models, stream)
-        pipeline.prepare(prompt, filter_config)
+        pipeline.prepare(prompt, filter_config, embeddings)
         return pipeline
 
     def frame_loader(self) -> FrameLoader:
@@ -73,8 +78,15 @@ class StreamPipeline:
     # ---- set-up (not per frame) -------------------------------------------------------------------
 
     @torch.no_grad()
-    def prepare(self, prompt: PromptConfig, filter_config: FilterConfig | None = None) -> None:
-        """Seed the noise, zero the buffers, compute the tables and encode the prompt: a full reset."""
+    def prepare(
+        self,
+        prompt: PromptConfig,
+        filter_config: FilterConfig | None = None,
+        embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """Seed the noise, zero the buffers, compute the tables and encode the prompt: a full reset.
+        embeddings: (cond, uncond) [1, L, D] already encoded (a blend, or the live engine's), instead of encoding
+        prompt.text and prompt.negative."""
         f = self.frames
         self.generator.manual_seed(prompt.seed)
         self.noise = self._draw_noise_from(self.generator)
@@ -83,8 +95,9 @@ class StreamPipeline:
         self._stock_scratch = torch.zeros_like(self.noise)
         self.txt2img_generator = torch.Generator(self.device).manual_seed(prompt.seed)
         self.set_schedule(self.config.t_index_list, self.config.num_inference_steps)
-        self.cond = self.models.encode_prompt(prompt.text)
-        self.uncond = self.models.encode_prompt(prompt.negative)
+        if embeddings is None:
+            embeddings = (self.models.encode_prompt(prompt.text), self.models.encode_prompt(prompt.negative))
+        self.cond, self.uncond = embeddings
         self.cfg = None  # type: ignore[assignment]  # a new prepare picks the strategy afresh
         self.embeddings = None  # type: ignore[assignment]
         self.set_guidance(prompt.guidance, prompt.delta)
@@ -129,8 +142,10 @@ class StreamPipeline:
         return self._draw_noise_from(torch.Generator().manual_seed(seed))
 
     def set_seed(self, seed: int) -> None:
-        """A live seed change: reseed the generator (noise, then VAE sampling) as prepare() does; buffers kept."""
+        """A live seed change: reseed the generators (noise, then VAE sampling; txt2img) as prepare() does;
+        buffers kept."""
         self.generator.manual_seed(seed)
+        self.txt2img_generator.manual_seed(seed)
         self.set_noise(self._draw_noise_from(self.generator))
 
     def set_noise(self, noise: torch.Tensor) -> None:
