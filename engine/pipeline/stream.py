@@ -128,6 +128,10 @@ class StreamPipeline:
         self._slot_tables = [
             slot_rows(self.tables, slice(i * self.frames, (i + 1) * self.frames)) for i in range(self.slots)
         ]
+        # The schedule in effect, so that a later prepare() (a reset) keeps it. Checked above, as a pair.
+        self.config = self.config.model_copy(
+            update={"t_index_list": list(t_index_list), "num_inference_steps": num_inference_steps}
+        )
         self._update_noise_terms()
 
     def noise_shape(self) -> tuple[int, ...]:
