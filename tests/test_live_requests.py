@@ -265,3 +265,34 @@ def test_a_source_slower_than_the_wait_still_fills_a_batch(engine):
         assert time.perf_counter() < deadline, "no step ran: the collected frames were dropped"
         live.apply_pending_controls()
         live.step()
+
+
+def test_a_reset_keeps_the_blends_in_effect_and_the_schedule(engine):
+    live = engine()
+    events = Events(live)
+    blend = live.blend_prompts([("a forest", 0.5), ("a city", 0.5)], method="linear")
+    seeds = live.blend_seeds([(4, 0.5), (5, 0.5)])
+    schedule = live.set("stream.t_index_list", [5, 40])
+    events.settle(blend, seeds, schedule)
+    cond, noise, timesteps = live.pipeline.cond.clone(), live.pipeline.noise.clone(), live.pipeline.tables.timesteps
+    for k in range(2):
+        live.process([Frame(clip(2)[k], k, time.perf_counter())])
+    reset = live.reset()
+    events.settle(reset)
+    assert events.of(reset) == [EngineEvent("applied", "reset", request_id=reset)]
+    assert torch.count_nonzero(live.pipeline.x_t) == 0  # empty buffers
+    assert torch.equal(live.pipeline.cond, cond) and torch.equal(live.pipeline.noise, noise)
+    assert torch.equal(live.pipeline.tables.timesteps, timesteps)
+
+
+def test_every_parameter_has_an_apply_handler_and_the_movable_ones_a_morph(engine):
+    from typing import get_args
+
+    from engine.config.registry import registry
+    from engine.config.schema import Apply
+    from engine.live.targets import MORPHS
+
+    live = engine()
+    assert set(live._handlers) == set(get_args(Apply))  # one handler per apply name, no more
+    assert {spec.apply for spec in registry().values()} <= set(get_args(Apply))
+    assert set(MORPHS) <= set(get_args(Apply))

@@ -524,20 +524,22 @@ class LiveEngine:
             log.debug("dropped the encoding of an older %s request (seq %d)", key, result.seq)
             return  # its request was superseded, and told so then
         del self._pending[key]
-        source = pending.source
-        if isinstance(result, EncodeFailure):
-            self._refuse(source, f"{result.text!r} could not be encoded ({result.message}); the prompt is unchanged")
-            return  # (an encoding again for another model that fails leaves the build's encoding of the old text)
         try:
-            target = combine_prompt(source, result.embeddings).to(self.models.device, self.models.dtype)
-            current = MORPHS[key].get(self.pipeline)
-            if target.shape != current.shape:
-                raise DreamwireError(f"the encoder gave shape {tuple(target.shape)}, not {tuple(current.shape)}")
-            self._move(key, target, source)
+            self._swap_in(key, pending, result)
         except Exception as error:  # e.g. a blend of embeddings that do not fit: one line, the old prompt stays
-            log.debug("applying the encoding of %s failed", source, exc_info=error)
-            self._refuse(source, _one_line(error))
-            return
+            log.debug("applying the encoding of %s failed", pending.source, exc_info=error)
+            self._refuse(pending.source, _one_line(error))
+
+    def _swap_in(self, key: str, pending: _PendingPrompt, result: EncodeResult | EncodeFailure) -> None:
+        """The newest request's encoding: its embedding goes in (at once or over its duration)."""
+        source = pending.source
+        if isinstance(result, EncodeFailure):  # (for another model's encoding: the build's encoding stays)
+            raise DreamwireError(f"{result.text!r} could not be encoded ({result.message}); the prompt is unchanged")
+        target = combine_prompt(source, result.embeddings).to(self.models.device, self.models.dtype)
+        current = MORPHS[key].get(self.pipeline)
+        if target.shape != current.shape:
+            raise DreamwireError(f"the encoder gave shape {tuple(target.shape)}, not {tuple(current.shape)}")
+        self._move(key, target, source)
         self.prompts[key] = source
         if isinstance(source, SetValue):
             self._store(source)
