@@ -57,7 +57,7 @@ def test_render_resizes_input_of_another_size(tmp_path, caplog):
     [
         (["--set", "stream.cfg_type=sideways"], "stream.cfg_type: 'sideways'"),
         (["--set", "stream.t_index_list=[40,20]"], "must be strictly ascending"),
-        (["--set", "stream.width=100"], "stream.width 100 is not a multiple of the VAE factor 8"),
+        (["--set", "stream.width=100"], "stream.width: 100 is not accepted: Input should be a multiple of 8"),
         (["--set", "model.id=/no/such/model"], "model folder not found: '/no/such/model'"),
         (["--set", "stream.acceleration=tensorrt"], "TensorRT backend is not part of this build"),
     ],

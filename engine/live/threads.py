@@ -61,7 +61,7 @@ def _openmp_runtime() -> Any:
         if path.name.startswith(_RUNTIME_NAMES)
     ]
     names = [str(path) for path in candidates] + [
-        found for name in ("gomp", "omp", "iomp5") if (found := ctypes.util.find_library(name))
+        found for name in ("gomp", "omp", "iomp5", "vcomp140") if (found := ctypes.util.find_library(name))
     ]
     for name in names:
         try:
