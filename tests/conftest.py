@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 import torch
 
 from bridges.pattern import pattern_image
-from engine.config.schema import FilterConfig, ModelConfig, PromptConfig, StreamConfig
+from engine.config.schema import FilterConfig, ModelConfig, Preset, PromptConfig, StreamConfig
 from engine.pipeline.models import Models, load_models
 from engine.pipeline.stream import StreamPipeline
+
+if TYPE_CHECKING:
+    from engine.live.loop import LiveEngine
 
 SIZE = 64  # pixels; latents are 8x8 with the tiny VAE's factor 8
 
@@ -72,3 +78,33 @@ def count_unet(pipeline: StreamPipeline) -> CountingUNet:
     counter = CountingUNet(pipeline.unet)
     pipeline.unet = counter
     return counter
+
+
+def preset(**stream: object) -> Preset:
+    """A live preset on the tiny model at SIZE x SIZE (two steps, cfg self), no outputs."""
+    return Preset.model_validate(
+        {
+            "model": {"id": "tiny", "vae": "tiny-taesd", "dtype": "float32", "device": "cpu"},
+            "stream": {"width": SIZE, "height": SIZE, "t_index_list": [16, 32], "cfg_type": "self", **stream},
+            "prompt": {"text": "a red fox", "negative": "blurry", "guidance": 1.5, "seed": 3},
+            "io": {"input": f"pattern:?width={SIZE}&height={SIZE}&fps=0", "outputs": []},
+        }
+    )
+
+
+@pytest.fixture
+def engine(tiny_models: Models) -> Iterator[Callable[..., LiveEngine]]:
+    """make(**stream) -> a LiveEngine on the tiny model with TAESD (its own VAE); all closed afterwards."""
+    from engine.live.loop import LiveEngine
+    from engine.pipeline.tiny import build_taesd
+
+    engines: list[LiveEngine] = []
+
+    def make(**stream: object) -> LiveEngine:
+        models = type(tiny_models)(**{**tiny_models.__dict__, "vae": build_taesd()})
+        engines.append(LiveEngine(preset(**stream), models=models))
+        return engines[-1]
+
+    yield make
+    for e in engines:
+        e.close()

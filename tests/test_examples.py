@@ -21,7 +21,9 @@ def test_live_cues_example_runs_every_cue(tmp_path):
         check=False,
         cwd=ROOT,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]  # 1 if the engine thread died or a cue was not applied
     assert done.stderr.count("cue ") == 4
+    for path in ("prompt.text", "prompt.guidance", "prompt.blend", "prompt.seed"):  # each cue's event
+        assert f"applied {path}" in done.stderr, path
     frames = np.load(out)
     assert frames.ndim == 4 and len(frames) > 10

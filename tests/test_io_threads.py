@@ -190,3 +190,43 @@ def test_source_worker_recovers_from_a_read_error(caplog):
     assert worker.frames >= 20 and worker.errors == 1 and worker.restarts == 1
     assert len(_warnings(caplog, "source flaky-pattern: read failed (OSError: camera unplugged)")) == 1
     assert not worker.finished.is_set()
+
+
+def _write_through(worker: SinkWorker, slot: LatestFrameSlot[Frame], images: list[np.ndarray]) -> None:
+    """Hand the worker one frame at a time, each once it has taken the last (written or failed)."""
+    deadline = time.perf_counter() + 10.0
+    for i, image in enumerate(images):
+        done = worker.frames + worker.errors
+        slot.put(Frame(image, i, 0.0))
+        while worker.frames + worker.errors <= done:
+            assert time.perf_counter() < deadline
+            time.sleep(0.002)
+
+
+def test_a_recording_scales_frames_of_another_size_to_the_file(tmp_path, caplog):
+    path = tmp_path / "take1.npy"
+    slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    worker = SinkWorker(FileSink(path), slot, backoff_start=0.01)
+    worker.start()
+    big = [pattern_image(i, 32, 32) for i in range(2, 5)]  # a live stream.width change: 16 → 32
+    _write_through(worker, slot, [pattern_image(0, 16, 16), pattern_image(1, 16, 16), *big])
+    assert worker.stop(timeout=2.0)
+    stored = np.load(path)
+    assert stored.shape == (5, 16, 16, 3)  # nothing lost, nothing started over
+    assert worker.errors == 0
+    assert sum("scaling them to the file's 16x16" in r.getMessage() for r in caplog.records) == 1  # once per size
+
+
+def test_a_recording_reopened_after_a_write_error_goes_on_in_the_next_file(tmp_path, caplog):
+    path = tmp_path / "take1.npy"
+    slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    worker = SinkWorker(FileSink(path), slot, backoff_start=0.01)
+    worker.start()
+    broken = pattern_image(3, 16, 16).astype(np.float16)  # ClipWriter refuses float16: a write error
+    images = [pattern_image(i, 16, 16) for i in range(3)] + [broken] + [pattern_image(i, 16, 16) for i in (4, 5)]
+    _write_through(worker, slot, images)
+    assert worker.stop(timeout=2.0)
+    assert worker.errors == 1
+    assert np.load(path).shape == (3, 16, 16, 3)  # the first file keeps its frames
+    assert np.load(tmp_path / "take1-2.npy").shape == (2, 16, 16, 3)  # and the recording goes on
+    assert any("take1.npy is finished; the recording goes on in" in r.getMessage() for r in caplog.records)

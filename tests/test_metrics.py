@@ -129,21 +129,35 @@ def test_nvml_power_in_watts_sampled_at_most_once_per_interval(monkeypatch):
 
 
 def test_snapshot_is_a_copy_and_thread_safe():
-    m = EngineMetrics(window_s=1e9, max_frames=1000, power_fn=_no_power)
+    m = EngineMetrics(window_s=1e9, max_frames=64, power_fn=_no_power)
     snap = m.snapshot(now=0.0)
     snap["frames"] = 99
     assert m.snapshot(now=0.0)["frames"] == 0
+    total = 200_000
 
     def writer() -> None:
-        for k in range(5000):
-            m.on_output_frame(capture_time=k * 1e-3, now=k * 1e-3 + 0.01, unet_ms=2.0, skipped=k % 2 == 0)
+        for k in range(total):  # frame k's UNet time is k ms: the window's mean tells which frames it holds
+            m.on_output_frame(capture_time=0.0, now=1.0, unet_ms=float(k), skipped=False)
 
-    t = threading.Thread(target=writer)
-    t.start()
-    while t.is_alive():
-        m.snapshot(now=10.0)
-    t.join()
-    assert m.snapshot(now=10.0)["frames"] == 5000
+    # A frame updates two things (the window and the count). A snapshot taken between the two would see a window
+    # that does not end at its count; under the lock none does. Thread switches every microsecond to provoke it.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        t = threading.Thread(target=writer)
+        t.start()
+        torn = []
+        while t.is_alive():
+            snap = m.snapshot(now=1.0)
+            frames = snap["frames"]
+            held = min(frames, 64)  # the window holds frames frames - held .. frames - 1
+            if held and snap["unet_ms"] != frames - (held + 1) / 2:
+                torn.append((frames, snap["unet_ms"]))
+        t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not torn, torn[:5]
+    assert m.snapshot(now=1.0)["frames"] == total
 
 
 def test_status_line_formats_values_and_dashes():

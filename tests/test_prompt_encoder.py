@@ -47,12 +47,13 @@ def fake() -> FakeEncoder:
 def test_results_arrive_in_order_on_a_named_daemon_worker(fake):
     with PromptEncoder(fake, name="test-encoder") as enc:
         assert enc.poll() == []
-        enc.request("p", ("a cat", "blurry"))
-        enc.request(7, ("x",))
+        first = enc.request("p", ("a cat", "blurry"))
+        second = enc.request(7, ("x",))
         res = _collect(enc, 2)
         assert [r.key for r in res] == ["p", 7]
+        assert [r.seq for r in res] == [first, second] and first < second  # each result names its request
         assert isinstance(res[0], EncodeResult)
-        key, embs = res[0]  # plain (key, tensors) tuple shape
+        key, embs, _ = res[0]  # plain (key, tensors, seq) tuple shape
         assert key == "p"
         assert [e[0, 0, 0].item() for e in embs] == [5.0, 6.0]
         assert embs[0].shape == (1, 77, 8)
@@ -96,12 +97,12 @@ def test_lru_eviction(fake):
 def test_failure_is_reported_logged_once_and_worker_keeps_working(fake, caplog):
     caplog.set_level(logging.WARNING, logger="engine.live.prompt_encoder")
     with PromptEncoder(fake) as enc:
-        enc.request("k", ("fine", "boom 1"))
+        seq = enc.request("k", ("fine", "boom 1"))
         enc.request("j", ("boom 2",))
         enc.request("ok", ("still fine",))
         res = _collect(enc, 3)
         assert isinstance(res[0], EncodeFailure)
-        assert res[0] == EncodeFailure("k", "boom 1", "RuntimeError: cannot encode boom 1")
+        assert res[0] == EncodeFailure("k", "boom 1", "RuntimeError: cannot encode boom 1", seq)
         assert isinstance(res[1], EncodeFailure)
         assert isinstance(res[2], EncodeResult)
         assert res[2].key == "ok"
@@ -156,7 +157,9 @@ def test_close_joins_and_rejects_new_requests(fake):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="0"):
+    with pytest.raises(ValueError, match=r"cache_size must be an int >= 1, got 0$"):
         PromptEncoder(FakeEncoder(), cache_size=0)
+    with pytest.raises(ValueError, match=r"cache_size must be an int >= 1, got True$"):
+        PromptEncoder(FakeEncoder(), cache_size=True)  # type: ignore[arg-type]
     with PromptEncoder(FakeEncoder()) as enc, pytest.raises(TypeError, match="'just a string'"):
         enc.request("k", "just a string")  # type: ignore[arg-type]

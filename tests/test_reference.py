@@ -36,6 +36,13 @@ CASES = {  # name: (cfg_type, vae, t_index_list)
 }
 
 
+def _unavailable(reason: str) -> None:
+    """Skip where the reference cannot be had; in CI (CI=true) fail instead: the README claims this comparison."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true: the reference comparison must run, but {reason}")
+    pytest.skip(reason)
+
+
 def _reference_python() -> str:
     python = os.environ.get("DREAMWIRE_REFERENCE_PYTHON") or str(VENV / "bin" / "python")
     check = [python, "-c", "import streamdiffusion"]
@@ -43,10 +50,10 @@ def _reference_python() -> str:
         return python
     setup = TOOLS / "setup.sh"
     if not setup.exists():
-        pytest.skip(f"reference StreamDiffusion not installed and {setup} not found: set DREAMWIRE_REFERENCE_PYTHON")
+        _unavailable(f"reference StreamDiffusion not installed and {setup} not found: set DREAMWIRE_REFERENCE_PYTHON")
     done = subprocess.run(["bash", str(setup), str(VENV)], capture_output=True, text=True, timeout=1200, check=False)
     if done.returncode != 0:
-        pytest.skip(f"reference venv setup failed (offline?): {done.stderr.strip()[-300:]}")
+        _unavailable(f"reference venv setup failed (offline?): {done.stderr.strip()[-300:]}")
     return str(VENV / "bin" / "python")
 
 
@@ -102,3 +109,16 @@ def test_every_frame_matches_the_reference(side_by_side, name):
     print(f"{name}: max |ours - reference| per frame {np.array2string(per_frame, precision=2)}")
     assert per_frame.max() <= 1e-4
     assert np.abs(reference[1:] - reference[:-1]).max() > 1e-3  # the clip's outputs really change
+
+
+def test_in_ci_a_reference_that_cannot_be_had_fails_rather_than_skips(monkeypatch, tmp_path):
+    import test_reference
+
+    monkeypatch.setenv("DREAMWIRE_REFERENCE_PYTHON", str(tmp_path / "no-python"))
+    monkeypatch.setattr(test_reference, "TOOLS", tmp_path / "no-tools")  # no setup.sh: it cannot be built
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: the reference comparison must run"):
+        _reference_python()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not found"):
+        _reference_python()

@@ -7,7 +7,9 @@ import pytest
 import torch
 from conftest import SIZE, clip, count_unet, make_pipeline, to_input
 
+from engine.config.schema import StreamConfig
 from engine.core.errors import DreamwireError
+from engine.pipeline.stream import StreamPipeline
 
 
 def run(pipeline, frames) -> list[torch.Tensor]:
@@ -108,8 +110,13 @@ def test_tables_follow_the_lcm_schedule(tiny_models):
 
 
 def test_width_not_a_multiple_of_the_vae_factor(tiny_models):
-    with pytest.raises(DreamwireError, match=r"stream.width 100 is not a multiple of the VAE factor 8"):
+    with pytest.raises(ValueError, match=r"multiple of 8"):  # the schema: SD-family VAEs have factor 8
         make_pipeline(tiny_models, width=100)
+    # The pipeline checks its own VAE's factor too (a config made without the schema's check stands in for a VAE
+    # with another factor).
+    config = StreamConfig(width=64, height=64, t_index_list=[16, 32]).model_copy(update={"width": 100})
+    with pytest.raises(DreamwireError, match=r"stream.width 100 is not a multiple of the VAE factor 8"):
+        StreamPipeline(tiny_models, config)
 
 
 @pytest.mark.parametrize("pinned", [False, True], ids=["pageable", "pinned-buffer-path"])

@@ -5,6 +5,7 @@ import functools
 import pytest
 import torch
 
+from engine.core.errors import DreamwireError
 from engine.live.blending import slerp
 from engine.live.transitions import Transition, TransitionSet, ease
 
@@ -138,6 +139,6 @@ def test_cancel_and_clear():
     ],
 )
 def test_bad_arguments_raise_naming_the_value(kwargs, shown):
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(DreamwireError) as info:
         Transition(0.0, 1.0, **kwargs)
     assert shown in str(info.value)

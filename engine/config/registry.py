@@ -1,6 +1,6 @@
-"""The parameter registry: one table (name, type, range or choices, default, doc, live or rebuild),
-read off the preset schema in engine/config.py. Presets, OSC, OSCQuery, errors and the README table
-all come from here."""
+"""The parameter registry: one table (name, type, range or choices, default, doc, live or rebuild, apply handler),
+read off the preset schema in engine/config/schema.py. Presets, OSC, OSCQuery, errors, the live engine's apply
+handlers and the README table all come from here."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class ParamSpec:
     default: Any
     doc: str
     live: bool
+    apply: str  # the live engine's handler for a change (schema.Apply): "guidance", "schedule", "rebuild", ...
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
@@ -82,6 +83,7 @@ def registry() -> dict[str, ParamSpec]:
                 default=field.get_default(call_default_factory=True),
                 doc=field.description or "",
                 live=bool(extra.get("live", False)),
+                apply=str(extra.get("apply", "rebuild")),
                 minimum=low,
                 maximum=high,
                 choices=choices,

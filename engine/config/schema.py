@@ -1,8 +1,9 @@
 """The preset schema: YAML → typed, validated config. Unknown keys are rejected.
 
-Every field's Field() carries its range or choices, its default, its doc and whether it changes live
-(`live=True`) or needs a rebuild; engine/params.py reads the registry of parameters from here, so a
-parameter is added in exactly one place.
+Every field's Field() carries its range or choices, its default, its doc, whether it changes live
+(`live=True`) or needs a rebuild, and `apply`: what the live engine does with a change (the name of its apply
+handler, engine/live/loop.py). engine/config/registry.py reads the parameters from here, so a parameter is added
+in exactly one place.
 """
 
 from __future__ import annotations
@@ -14,16 +15,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CfgType = Literal["none", "full", "self", "initialize"]
+# What applies a change (engine/live/loop.py has one handler per name). cond, uncond, guidance, delta and noise
+# are also the pipeline values a change can move over a duration (engine/live/targets.py).
+Apply = Literal["cond", "uncond", "guidance", "delta", "noise", "schedule", "filter", "source", "sinks", "rebuild"]
+# diffusers' LCMScheduler.set_timesteps refuses more steps than its config's original_inference_steps (default 50,
+# the value in every LCM and turbo config we load); engine/pipeline/schedule.py checks the real config too.
+MAX_INFERENCE_STEPS = 50
 
 
-def live(default: Any, doc: str, **constraints: Any) -> Any:
+def live(default: Any, doc: str, apply: Apply, **constraints: Any) -> Any:
     """A parameter that changes between two frames, without a rebuild."""
-    return Field(default, description=doc, json_schema_extra={"live": True}, **constraints)
+    return Field(default, description=doc, json_schema_extra={"live": True, "apply": apply}, **constraints)
 
 
-def rebuild(default: Any, doc: str, **constraints: Any) -> Any:
-    """A parameter whose change rebuilds the pipeline (the last frame is held meanwhile)."""
-    return Field(default, description=doc, json_schema_extra={"live": False}, **constraints)
+def rebuild(default: Any, doc: str, apply: Apply = "rebuild", **constraints: Any) -> Any:
+    """A parameter whose change rebuilds the pipeline (the last frame is held meanwhile); never changed over the
+    network. The io URIs use this too, with their own apply handler: they swap bridges, not the pipeline."""
+    return Field(default, description=doc, json_schema_extra={"live": False, "apply": apply}, **constraints)
 
 
 def at_start(default: Any, doc: str, **constraints: Any) -> Any:
@@ -60,12 +68,22 @@ class StreamConfig(Section):
     mode: Literal["img2img", "txt2img", "txt2img-turbo"] = rebuild(
         "img2img", "img2img transforms input frames; txt2img draws from noise; txt2img-turbo is the one-step x0 path."
     )
-    width: int = rebuild(512, "Output width in pixels (a multiple of the VAE factor, 8 for SD).", ge=64, le=2048)
-    height: int = rebuild(512, "Output height in pixels (a multiple of the VAE factor).", ge=64, le=2048)
-    t_index_list: list[int] = live(
-        [35], "Indices into the LCM schedule, one per denoising step, strictly ascending (0 = most noise)."
+    width: int = rebuild(
+        512, "Output width in pixels (a multiple of the VAE factor, 8 for SD).", ge=64, le=2048, multiple_of=8
     )
-    num_inference_steps: int = live(50, "Length of the LCM schedule that t_index_list indexes.", ge=1, le=1000)
+    height: int = rebuild(512, "Output height in pixels (a multiple of the VAE factor).", ge=64, le=2048, multiple_of=8)
+    t_index_list: list[int] = live(
+        [35],
+        "Indices into the LCM schedule, one per denoising step, strictly ascending (0 = most noise).",
+        apply="schedule",
+    )
+    num_inference_steps: int = live(
+        50,
+        "Length of the LCM schedule that t_index_list indexes (at most LCMScheduler's original_inference_steps).",
+        apply="schedule",
+        ge=1,
+        le=MAX_INFERENCE_STEPS,
+    )
     frame_buffer_size: int = rebuild(1, "Frames processed together per step.", ge=1, le=16)
     cfg_type: CfgType = rebuild(
         "self", "Guidance: none, full (2x UNet rows), self (residual CFG) or initialize (alias onetime)."
@@ -122,22 +140,30 @@ def check_t_index_list(t_index_list: list[int], num_inference_steps: int) -> Non
 
 
 class PromptConfig(Section):
-    text: str = live("a painting in the style of van gogh, vivid colours", "The prompt.")
-    negative: str = live("", "Negative prompt (used by cfg full and initialize).")
-    guidance: float = live(1.2, "Guidance scale; 1 or less turns guidance off.", ge=0.0, le=20.0)
-    delta: float = live(1.0, "Residual CFG strength (virtual negative = delta x residual noise).", ge=0.0, le=5.0)
-    seed: int = live(2, "Seed of the fixed noise and the VAE sampling.", ge=0, le=2**63 - 1)
+    text: str = live("a painting in the style of van gogh, vivid colours", "The prompt.", apply="cond")
+    negative: str = live("", "Negative prompt (used by cfg full and initialize).", apply="uncond")
+    guidance: float = live(1.2, "Guidance scale; 1 or less turns guidance off.", apply="guidance", ge=0.0, le=20.0)
+    delta: float = live(
+        1.0, "Residual CFG strength (virtual negative = delta x residual noise).", apply="delta", ge=0.0, le=5.0
+    )
+    seed: int = live(2, "Seed of the fixed noise and the VAE sampling.", apply="noise", ge=0, le=2**63 - 1)
 
 
 class FilterConfig(Section):
-    enabled: bool = live(False, "Stochastic similarity filter: skip frames that barely changed.")
-    threshold: float = live(0.98, "Cosine similarity above which frames start being skipped.", ge=0.0, le=1.0)
-    max_skip_frames: int = live(10, "At most this many frames skipped in a row.", ge=0, le=10000)
+    enabled: bool = live(False, "Stochastic similarity filter: skip frames that barely changed.", apply="filter")
+    threshold: float = live(
+        0.98, "Cosine similarity above which frames start being skipped.", apply="filter", ge=0.0, le=1.0
+    )
+    max_skip_frames: int = live(10, "At most this many frames skipped in a row.", apply="filter", ge=0, le=10000)
 
 
 class IOConfig(Section):
-    input: str = rebuild("pattern:", "Source URI (pattern:, file:PATH, camera:, spout:NAME, syphon:NAME, ndi:NAME).")
-    outputs: list[str] = rebuild(["preview:"], "Sink URIs (preview:, file:PATH, spout:NAME, syphon:NAME, ndi:NAME).")
+    input: str = rebuild(
+        "pattern:", "Source URI (pattern:, file:PATH, camera:, spout:NAME, syphon:NAME, ndi:NAME).", apply="source"
+    )
+    outputs: list[str] = rebuild(
+        ["preview:"], "Sink URIs (preview:, file:PATH, spout:NAME, syphon:NAME, ndi:NAME).", apply="sinks"
+    )
 
 
 class OscConfig(Section):

@@ -12,7 +12,9 @@ from typing import Literal
 
 import torch
 
-__all__ = ["blend_embeddings", "blend_noise", "slerp"]
+from engine.core.errors import DreamwireError
+
+__all__ = ["blend_embeddings", "blend_noise", "check_blend_weights", "slerp"]
 
 # |cos θ| above this counts as (anti)parallel: sin θ is too small to divide by, so we lerp instead.
 _PARALLEL_COS = 0.9995
@@ -78,16 +80,27 @@ def blend_noise(noises: Sequence[torch.Tensor], weights: Sequence[float]) -> tor
     return _running_slerp(items, _work_dtype(items[0][0]), dim=None, lerp_norm=False).to(items[0][0].dtype)
 
 
+def check_blend_weights(what: str, weights: Sequence[float]) -> list[float]:
+    """The one check of blend weights, where a blend is sent and where it is computed: finite, non-negative
+    numbers with a positive (finite) sum. Returns them as floats; raises a DreamwireError naming them."""
+    try:
+        ws = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise DreamwireError(f"{what} weights {list(weights)!r} must be numbers") from None
+    total = sum(ws)
+    if any(not math.isfinite(w) or w < 0.0 for w in ws) or not (math.isfinite(total) and total > 0.0):
+        raise DreamwireError(f"{what} weights {ws} must be finite, non-negative and not all zero")
+    return ws
+
+
 def _weighted_items(
     tensors: Sequence[torch.Tensor], weights: Sequence[float], what: str
 ) -> list[tuple[torch.Tensor, float]]:
     """Validate, drop zero weights, and normalise the rest to sum 1."""
-    ws = [float(w) for w in weights]
+    ws = check_blend_weights("blend", weights)
     if len(tensors) == 0 or len(tensors) != len(ws):
         raise ValueError(f"need one weight per tensor and at least one tensor, got {len(tensors)} {what}, weights {ws}")
     total = sum(ws)
-    if any(not math.isfinite(w) or w < 0.0 for w in ws) or total <= 0.0:
-        raise ValueError(f"blend weights must be finite, non-negative and not all zero, got {ws}")
     shape = tensors[0].shape
     for x in tensors:
         if x.shape != shape:

@@ -1,43 +1,28 @@
 """Control messages: validated where they are sent (any thread), applied by the engine thread between frames.
 
 A bad value is rejected at send time with a one-line DreamwireError and the old value is kept; nothing is
-queued. `Duration` turns a change into a timed transition (seconds or output frames).
+queued. `Duration` (engine/live/transitions.py) turns a change into a timed transition (seconds or output frames).
+Every control carries a request id, given in the order the controls are queued; the engine reports each one's
+outcome as an EngineEvent with that id.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import ValidationError
 
 from engine.config.presets import describe_validation_error
-from engine.config.registry import registry
+from engine.config.registry import ParamSpec, registry
 from engine.config.schema import Preset
 from engine.core.errors import DreamwireError
+from engine.live.transitions import CUT, Duration
 
-
-@dataclass(frozen=True)
-class Duration:
-    seconds: float | None = None
-    frames: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.seconds is not None and self.frames is not None:
-            raise DreamwireError(f"transition: give seconds or frames, not both (got {self.seconds}s, {self.frames})")
-        if self.seconds is not None and not 0 <= self.seconds <= 3600:
-            raise DreamwireError(f"transition seconds {self.seconds} is out of range [0, 3600]")
-        if self.frames is not None and not 0 <= self.frames <= 100000:
-            raise DreamwireError(f"transition frames {self.frames} is out of range [0, 100000]")
-
-    @property
-    def is_cut(self) -> bool:
-        return not self.seconds and not self.frames
-
-
-CUT = Duration()
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,32 +31,61 @@ class SetValue:
     value: Any
     duration: Duration = CUT
     bridges: tuple[Any, ...] = ()  # io.input / io.outputs: the bridges, built (not opened) by the sender
+    request_id: int = 0
 
 
 @dataclass(frozen=True)
 class BlendPrompts:
+    path: ClassVar[str] = "prompt.blend"
     items: tuple[tuple[str, float], ...]
     method: Literal["linear", "slerp"] = "slerp"
     duration: Duration = CUT
+    request_id: int = 0
+
+    @property
+    def value(self) -> tuple[tuple[str, float], ...]:
+        return self.items
 
 
 @dataclass(frozen=True)
 class BlendSeeds:
+    path: ClassVar[str] = "seed.blend"
     items: tuple[tuple[int, float], ...]
     duration: Duration = CUT
+    request_id: int = 0
+
+    @property
+    def value(self) -> tuple[tuple[int, float], ...]:
+        return self.items
 
 
 @dataclass(frozen=True)
 class Pause:
+    path: ClassVar[str] = "pause"
     paused: bool
+    request_id: int = 0
+
+    @property
+    def value(self) -> bool:
+        return self.paused
 
 
 @dataclass(frozen=True)
 class Reset:
-    pass
+    path: ClassVar[str] = "reset"
+    request_id: int = 0
+    value: ClassVar[None] = None
 
 
 Control = SetValue | BlendPrompts | BlendSeeds | Pause | Reset
+
+
+def spec_of(path: str) -> ParamSpec:
+    """The registry entry of `path`; a DreamwireError naming the allowed paths if there is none."""
+    spec = registry().get(path)
+    if spec is None:
+        raise DreamwireError(f"unknown parameter {path!r} (allowed: {', '.join(registry())})")
+    return spec
 
 
 class RequestedValues:
@@ -80,13 +94,13 @@ class RequestedValues:
 
     def __init__(self, preset: Preset) -> None:
         self._preset = preset.model_copy(deep=True)
+        self._latest: dict[str, int] = {}  # path -> the request id that set its requested value
         self._lock = threading.Lock()
 
-    def validate(self, path: str, value: Any, keep: bool = True) -> Any:
+    def validate(self, path: str, value: Any, keep: bool = True, request_id: int = 0) -> Any:
         """The value as the schema coerces it; raises DreamwireError naming the key and value.
         keep=False checks a value without making it the requested one (e.g. a seed inside a blend)."""
-        if path not in registry():
-            raise DreamwireError(f"unknown parameter {path!r} (allowed: {', '.join(registry())})")
+        spec_of(path)
         section_name, name = path.split(".")
         with self._lock:
             section = copy.deepcopy(getattr(self._preset, section_name))
@@ -96,7 +110,20 @@ class RequestedValues:
                 raise DreamwireError(describe_validation_error(error, prefix=section_name)) from None
             if keep:
                 setattr(self._preset, section_name, section)
+                self._latest[path] = request_id
             return getattr(section, name)
+
+    def revert(self, path: str, value: Any, request_id: int) -> None:
+        """A request that could not be applied (a failed rebuild): its path goes back to `value`, the one in effect,
+        unless a newer request has set the path since."""
+        section_name, name = path.split(".")
+        with self._lock:
+            if self._latest.get(path) != request_id:
+                return
+            try:
+                setattr(getattr(self._preset, section_name), name, value)
+            except ValidationError as error:  # the value in effect no longer fits newer requests: keep those
+                log.debug("%s: not reverted to %r (%s)", path, value, error)
 
     def snapshot(self) -> Preset:
         with self._lock:

@@ -178,7 +178,11 @@ class SourceWorker(_BridgeWorker):
 
 
 class SinkWorker(_BridgeWorker):
-    """Takes the newest frame from `slot` and writes it to `sink` in its own thread; a slow sink drops, never lags."""
+    """Takes the newest frame from `slot` and writes it to `sink` in its own thread; a slow sink drops, never lags.
+
+    set_status(text) (any thread) hands a status line to a sink that shows text (the preview page); this thread
+    passes it on, so every call into the sink comes from this one thread.
+    """
 
     kind = "sink"
 
@@ -188,9 +192,19 @@ class SinkWorker(_BridgeWorker):
         super().__init__(sink, backoff_start, backoff_max)
         self._sink = sink
         self._slot = slot
+        self._status: str | None = None  # the newest status line (a str swapped whole: no lock needed)
+        self._status_shown: str | None = None
+
+    def set_status(self, text: str) -> None:
+        """Queue a status line for the sink (ignored by sinks without set_status); it arrives within 0.1 s."""
+        self._status = text
 
     def _step(self) -> bool:
         frame = self._slot.get(timeout=0.1)  # seconds: bounds how long stop() waits for this thread
+        status = self._status
+        if status is not self._status_shown and hasattr(self._sink, "set_status"):
+            self._status_shown = status
+            self._sink.set_status(status)
         if frame is not None:
             self._write(frame)
         return True

@@ -6,7 +6,9 @@ poll() between step() calls. encode_now() is the synchronous path for prepare ti
 Ordering: one worker serves requests first in, first out, so results arrive in request order. A request whose
 texts are all cached still goes through the worker (it completes without calling encode_fn, within microseconds
 unless the worker is busy encoding) — this keeps results for one key in order. A request that is still queued when
-a newer one with the same key arrives is superseded: it is skipped and yields no result.
+a newer one with the same key arrives is superseded: it is skipped and yields no result. request() returns the
+request's number, and its result carries it (`seq`), so a caller can tell a result for an older request from the
+newest one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
 import torch
+
+from engine.live.threads import limit_torch_threads
 
 __all__ = ["EncodeFailure", "EncodeResult", "PromptEncoder"]
 
@@ -33,6 +37,7 @@ class EncodeResult(NamedTuple):
 
     key: Hashable
     embeddings: tuple[torch.Tensor, ...]
+    seq: int = 0  # the number request() returned for this request
 
 
 class EncodeFailure(NamedTuple):
@@ -41,6 +46,7 @@ class EncodeFailure(NamedTuple):
     key: Hashable
     text: str
     message: str
+    seq: int = 0  # the number request() returned for this request
 
 
 class _Request(NamedTuple):
@@ -86,9 +92,10 @@ class PromptEncoder:
     def misses(self) -> int:
         return self._misses
 
-    def request(self, key: Hashable, texts: tuple[str, ...]) -> None:
-        """Queue texts for encoding under `key`; returns at once. poll() later yields an EncodeResult for `key`
-        (or an EncodeFailure). Supersedes any still-queued request with the same key."""
+    def request(self, key: Hashable, texts: tuple[str, ...]) -> int:
+        """Queue texts for encoding under `key`; returns at once with the request's number. poll() later yields an
+        EncodeResult for `key` with that number as `seq` (or an EncodeFailure). Supersedes any still-queued request
+        with the same key."""
         if not isinstance(texts, tuple) or not all(isinstance(t, str) for t in texts):
             raise TypeError(f"texts must be a tuple of str, got {texts!r}")
         if self._closed.is_set():
@@ -98,6 +105,7 @@ class PromptEncoder:
             self._latest[key] = self._seq
             req = _Request(key, texts, self._seq)
         self._requests.put(req)
+        return req.seq
 
     def poll(self) -> list[EncodeResult | EncodeFailure]:
         """Finished results since the last poll, oldest first; never blocks."""
@@ -129,9 +137,9 @@ class PromptEncoder:
         self.close()
 
     def _run(self) -> None:
-        # One intra-op thread for this thread's own OpenMP team: a second full team would spin-wait on the
-        # engine's cores after each encode and slow the frames around a prompt change (the setting is per thread).
-        torch.set_num_threads(1)
+        # One intra-op thread for this thread alone: a second full team would spin-wait on the engine's cores after
+        # each encode and slow the frames around a prompt change.
+        limit_torch_threads(1)
         while True:
             req = self._requests.get()
             if req is None or self._closed.is_set():
@@ -156,8 +164,8 @@ class PromptEncoder:
                 else:
                     logger.warning("prompt encoding failed for %r (key %r): %s", text, req.key, message)
                 self._failures_logged += 1
-                return EncodeFailure(req.key, text, message)
-        return EncodeResult(req.key, tuple(embeddings))
+                return EncodeFailure(req.key, text, message, req.seq)
+        return EncodeResult(req.key, tuple(embeddings), req.seq)
 
     def _encode(self, text: str) -> torch.Tensor:
         cached = self._lookup(text)

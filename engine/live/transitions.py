@@ -7,13 +7,17 @@ and applies the returned values.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal, TypeAlias
 
 import torch
 
-__all__ = ["Easing", "Interp", "Transition", "TransitionSet", "Value", "ease", "lerp"]
+from engine.core.errors import DreamwireError
+
+__all__ = ["CUT", "Duration", "Easing", "Interp", "Transition", "TransitionSet", "Value", "ease", "lerp"]
 
 Value: TypeAlias = float | torch.Tensor
 # interp(start, target, t) with t in [0, 1]; blending.slerp fits (functools.partial(slerp, dim=None) for noise).
@@ -23,6 +27,47 @@ Easing: TypeAlias = Literal["linear", "smoothstep"]
 _EASINGS: tuple[str, ...] = ("linear", "smoothstep")
 # advance() returns this when nothing is active: read-only, shared, so an idle frame allocates nothing.
 _NOTHING: Mapping[str, Value] = MappingProxyType({})
+
+
+MAX_SECONDS = 3600.0
+MAX_FRAMES = 100_000
+
+
+@dataclass(frozen=True)
+class Duration:
+    """How long a change takes: seconds or output frames, at most one of them; neither (or 0) is a cut.
+
+    The one check of a transition's length, made where the change is sent, so what is accepted can be applied.
+    Whole-number floats count as frames (controllers often send every number as a float); 2.5 frames does not.
+    """
+
+    seconds: float | None = None
+    frames: int | None = None
+
+    def __post_init__(self) -> None:
+        seconds, frames = self.seconds, self.frames
+        if seconds is not None and frames is not None:
+            raise DreamwireError(f"transition: give seconds or frames, not both (seconds={seconds}, frames={frames})")
+        if seconds is not None:
+            if not _is_number(seconds) or not (math.isfinite(seconds) and 0.0 <= seconds <= MAX_SECONDS):
+                raise DreamwireError(f"transition seconds {seconds!r} is not a number in [0, {MAX_SECONDS:g}]")
+            object.__setattr__(self, "seconds", float(seconds))
+        if frames is not None:
+            whole = isinstance(frames, numbers.Integral) or (isinstance(frames, float) and frames.is_integer())
+            if isinstance(frames, bool) or not whole or not 0 <= frames <= MAX_FRAMES:
+                raise DreamwireError(f"transition frames {frames!r} is not a whole number in [0, {MAX_FRAMES}]")
+            object.__setattr__(self, "frames", int(frames))
+
+    @property
+    def is_cut(self) -> bool:
+        return not self.seconds and not self.frames
+
+
+CUT = Duration()
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def lerp(start: Value, target: Value, t: float) -> Value:
@@ -38,7 +83,7 @@ def ease(kind: Easing, p: float) -> float:
 
 
 class Transition:
-    """One value moving from `start` to `target` over `seconds` or `frames` (exactly one, >= 0; 0 = cut).
+    """One value moving from `start` to `target` over `seconds` or `frames` (exactly one, checked by Duration; 0 = cut).
 
     The clock starts at the anchor (start_s / start_frame, where the value equals `start`); without one it starts
     at the first value_at() call, which then returns `start`. value_at() returns `start` itself at progress 0 and
@@ -59,14 +104,12 @@ class Transition:
         start_s: float | None = None,
         start_frame: int | None = None,
     ) -> None:
-        if (seconds is None) == (frames is None):
-            raise ValueError(f"give exactly one of seconds or frames, got seconds={seconds}, frames={frames}")
-        if seconds is not None and not (math.isfinite(seconds) and seconds >= 0.0):
-            raise ValueError(f"transition seconds must be finite and >= 0, got {seconds}")
-        if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 0):
-            raise ValueError(f"transition frames must be an int >= 0, got {frames!r}")
+        if seconds is None and frames is None:
+            raise DreamwireError(f"transition: give seconds or frames, got seconds={seconds}, frames={frames}")
+        duration = Duration(seconds, frames)
+        seconds, frames = duration.seconds, duration.frames
         if ease not in _EASINGS:
-            raise ValueError(f"transition ease must be one of {_EASINGS}, got {ease!r}")
+            raise DreamwireError(f"transition ease must be one of {_EASINGS}, got {ease!r}")
         self.start = start
         self.target = target
         self._seconds = seconds
@@ -147,6 +190,17 @@ class TransitionSet:
         if any(tr.done for tr in self._active.values()):
             self._active = {name: tr for name, tr in self._active.items() if not tr.done}
         return values
+
+    def target_of(self, name: str) -> Value | None:
+        """Where `name` is moving to; None when it is not moving."""
+        running = self._active.get(name)
+        return None if running is None else running.target
+
+    def finish(self) -> dict[str, Value]:
+        """End every transition now: {name: target} for the caller to apply (a rebuild or a reset is a cut)."""
+        targets = {name: tr.target for name, tr in self._active.items()}
+        self._active.clear()
+        return targets
 
     def cancel(self, name: str) -> None:
         """Stop a transition where it is (no value is applied for it)."""

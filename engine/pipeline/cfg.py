@@ -12,13 +12,11 @@ without a re-capture. Only a change of strategy (guidance crossing 1) changes wh
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol, get_args
 
 import torch
 
-from engine.config.schema import StreamConfig
-
-CfgType = Literal["none", "full", "self", "initialize"]
+from engine.config.schema import CfgType, StreamConfig
 
 
 class GuidanceScalars:
@@ -125,8 +123,8 @@ class Initialize(Residual):
 def strategy_type(cfg_type: CfgType, guidance: float) -> type[CfgStrategy]:
     """The strategy for these settings. As in the reference, guidance ≤ 1 (or cfg none) means no uncond
     rows at all: full falls back to Plain and self/initialize to ResidualOnly."""
-    if cfg_type not in ("none", "full", "self", "initialize"):
-        raise ValueError(f"unknown cfg_type {cfg_type!r} (allowed: none, full, self, initialize)")
+    if cfg_type not in get_args(CfgType):
+        raise ValueError(f"unknown cfg_type {cfg_type!r} (allowed: {', '.join(get_args(CfgType))})")
     if cfg_type == "none":
         return Plain
     guided = guidance > 1.0

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from engine.core.errors import DreamwireError
+
 SIGMA_DATA = 0.5  # LCM boundary condition (consistency-model paper)
 
 
@@ -32,6 +34,13 @@ def lcm_timesteps(scheduler_config: dict[str, Any], num_inference_steps: int) ->
     from diffusers import LCMScheduler
 
     scheduler = LCMScheduler.from_config(scheduler_config)
+    # set_timesteps takes at most original_inference_steps (and num_train_timesteps) steps: say so in one line.
+    limit = min(scheduler.config.original_inference_steps, scheduler.config.num_train_timesteps)
+    if not 1 <= num_inference_steps <= limit:
+        raise DreamwireError(
+            f"stream.num_inference_steps {num_inference_steps} is out of range for this model's scheduler: "
+            f"use 1..{limit} (LCMScheduler original_inference_steps {scheduler.config.original_inference_steps})"
+        )
     scheduler.set_timesteps(num_inference_steps)
     return scheduler.timesteps.to(torch.long)
 

@@ -98,11 +98,16 @@ class StreamPipeline:
 
     @classmethod
     def prepared(
-        cls, models: Models, stream: StreamConfig, prompt: PromptConfig, filter_config: FilterConfig
+        cls,
+        models: Models,
+        stream: StreamConfig,
+        prompt: PromptConfig,
+        filter_config: FilterConfig,
+        embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> StreamPipeline:
-        """A pipeline for these settings, prepared and ready for step()."""
+        """A pipeline for these settings, prepared and ready for step() (embeddings: see prepare())."""
         pipeline = cls(models, stream)
-        pipeline.prepare(prompt, filter_config)
+        pipeline.prepare(prompt, filter_config, embeddings)
         pipeline.warm_up()
         return pipeline
 
@@ -128,16 +133,24 @@ class StreamPipeline:
     # ---- set-up (not per frame) -------------------------------------------------------------------
 
     @torch.no_grad()
-    def prepare(self, prompt: PromptConfig, filter_config: FilterConfig | None = None) -> None:
-        """Seed the noise, zero the buffers, compute the tables and encode the prompt: a full reset."""
+    def prepare(
+        self,
+        prompt: PromptConfig,
+        filter_config: FilterConfig | None = None,
+        embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """Seed the noise, zero the buffers, compute the tables and encode the prompt: a full reset.
+        embeddings: (cond, uncond) [1, L, D] already encoded (a blend, or the live engine's), instead of encoding
+        prompt.text and prompt.negative."""
         self.generator.manual_seed(prompt.seed)
         self.noise.copy_(self._draw_noise_from(self.generator))
         self.x_t.zero_()
         self.stock_noise.zero_()
         self.txt2img_generator.manual_seed(prompt.seed)
         self.set_schedule(self.config.t_index_list, self.config.num_inference_steps)
-        self.cond = self.models.encode_prompt(prompt.text)
-        self.uncond = self.models.encode_prompt(prompt.negative)
+        if embeddings is None:
+            embeddings = (self.models.encode_prompt(prompt.text), self.models.encode_prompt(prompt.negative))
+        self.cond, self.uncond = embeddings
         self.set_guidance(prompt.guidance, prompt.delta)
         self.set_embeddings(self.cond, self.uncond)
         self.set_filter(filter_config or FilterConfig(), seed=prompt.seed)
@@ -174,6 +187,10 @@ class StreamPipeline:
         else:  # in place: the step (and its CUDA graph) keeps reading the same tensors
             for field in fields(SlotTables):
                 getattr(self.tables, field.name).copy_(getattr(tables, field.name))
+        # The schedule in effect, so that a later prepare() (a reset) keeps it. Checked above, as a pair.
+        self.config = self.config.model_copy(
+            update={"t_index_list": list(t_index_list), "num_inference_steps": num_inference_steps}
+        )
         self._update_noise_terms()
 
     def noise_shape(self) -> tuple[int, ...]:
@@ -188,8 +205,10 @@ class StreamPipeline:
         return self._draw_noise_from(torch.Generator().manual_seed(seed))
 
     def set_seed(self, seed: int) -> None:
-        """A live seed change: reseed the generator (noise, then VAE sampling) as prepare() does; buffers kept."""
+        """A live seed change: reseed the generators (noise, then VAE sampling; txt2img) as prepare() does;
+        buffers kept."""
         self.generator.manual_seed(seed)
+        self.txt2img_generator.manual_seed(seed)
         self.set_noise(self._draw_noise_from(self.generator))
 
     def set_noise(self, noise: torch.Tensor) -> None:

@@ -1,0 +1,73 @@
+"""Torch's intra-op thread count for the calling thread only.
+
+torch.set_num_threads(n) also stores n as the process-wide default that every thread takes on its first parallel op
+(ATen's lazy per-thread init), so calling it on a helper thread leaks: every thread started later runs with n.
+OpenMP itself keeps the count per thread (its nthreads-var ICV), and ATen's OpenMP backend reads it per call, so
+we set it there, in the OpenMP runtime torch loaded, after torch has initialised this thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import threading
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# The OpenMP runtimes that torch wheels bundle or link: GNU (Linux), LLVM (macOS), Intel and MSVC (Windows).
+_RUNTIME_NAMES = ("libgomp", "libomp", "libiomp5", "vcomp")
+_warned = threading.Event()
+
+
+def limit_torch_threads(count: int) -> None:
+    """Run this thread's torch ops on `count` intra-op threads, leaving every other thread and the process default
+    as they are. Where that cannot be done (no OpenMP runtime found), this thread keeps the default: one warning."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"thread count must be an int >= 1, got {count!r}")
+    torch.get_num_threads()  # ATen's lazy init of this thread first, or it would overwrite what we set below
+    runtime = _openmp_runtime()
+    if runtime is not None:
+        runtime.omp_set_num_threads(count)
+        if torch.get_num_threads() == count:
+            return
+    if not _warned.is_set():
+        _warned.set()
+        log.warning(
+            "thread %s keeps torch's default of %d threads: no OpenMP runtime to set it for one thread "
+            "(torch parallel backend: %s)",
+            threading.current_thread().name,
+            torch.get_num_threads(),
+            "OpenMP" if torch.backends.openmp.is_available() else "not OpenMP",
+        )
+
+
+@cache
+def _openmp_runtime() -> Any:
+    """The OpenMP runtime library torch uses (already loaded, so this only finds its handle), or None."""
+    if not torch.backends.openmp.is_available():
+        return None
+    package = Path(torch.__file__).parent
+    candidates = [
+        path
+        for folder in (package / "lib", package.parent / "torch.libs")
+        if folder.is_dir()
+        for path in sorted(folder.iterdir())
+        if path.name.startswith(_RUNTIME_NAMES)
+    ]
+    names = [str(path) for path in candidates] + [
+        found for name in ("gomp", "omp", "iomp5", "vcomp140") if (found := ctypes.util.find_library(name))
+    ]
+    for name in names:
+        try:
+            library = ctypes.CDLL(name)
+            library.omp_set_num_threads.argtypes = [ctypes.c_int]
+            return library
+        except (OSError, AttributeError) as error:  # not loadable here, or not an OpenMP runtime
+            log.debug("OpenMP runtime %s: %s", name, error)
+    return None
