@@ -111,7 +111,7 @@ def test_every_request_ends_in_one_event_and_a_superseded_one_is_told(engine):
     events.settle(first, second, guidance)
     time.sleep(0.3)
     live.apply_pending_controls()
-    assert [e.kind for e in events.of(first)] == ["error"]
+    assert [e.kind for e in events.of(first)] == ["superseded"]
     assert "'a red door'" in events.of(first)[0].message and "superseded" in events.of(first)[0].message
     assert events.of(second) == [EngineEvent("applied", "prompt.text", "a blue whale", request_id=second)]
     assert events.of(guidance) == [EngineEvent("applied", "prompt.guidance", 2.0, request_id=guidance)]
@@ -234,7 +234,7 @@ def test_a_newer_rebuild_carries_the_older_requests_and_drops_its_result(engine,
     gated_rebuild.set()
     events.settle(height, wider)
     assert (live.pipeline.config.width, live.pipeline.config.height) == (80, 96)
-    assert events.of(width)[0].kind == "error" and "superseded by request" in events.of(width)[0].message
+    assert events.of(width)[0].kind == "superseded" and "superseded by request" in events.of(width)[0].message
     assert [e.kind for e in events.of(height) + events.of(wider)] == ["applied", "applied"]
     time.sleep(0.3)
     live.apply_pending_controls()

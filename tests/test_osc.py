@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import preset
 from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
-from test_live import preset
 
 from engine.config.presets import load_preset
 from engine.config.registry import registry
@@ -120,11 +120,24 @@ class Rig:
         self._stop = threading.Event()
 
     def get(self, address: str, canonical: str | None = None) -> list[Any]:
+        """The /get answer: the last message at the canonical address before a sync sent after the /get (echoes
+        of changes applied earlier come before it, through the same feedback queue)."""
+        target = NS + (canonical or address.removeprefix(NS))
         self.controller.send(f"{NS}/get", address)
-        return self.feedback.wait(NS + (canonical or address.removeprefix(NS)))
+        self.controller.sync(self.feedback)  # error lines from earlier sends are the caller's to check
+        answers = [args for received, args in self.feedback.pending if received == target]
+        self.feedback.pending = [item for item in self.feedback.pending if item[0] != target]
+        assert answers, f"no answer at {target}; seen {self.feedback.seen[-5:]}"
+        return answers[-1]
 
-    def apply(self) -> None:
+    def apply(self, timeout: float = 20.0) -> None:
+        """Apply what was sent, as the loop would between frames, until prompt encodings have landed too."""
+        deadline = time.perf_counter() + timeout
         self.engine.apply_pending_controls()
+        while self.engine._pending or self.engine.status()["rebuilding"]:
+            assert time.perf_counter() < deadline, "the engine did not settle"
+            time.sleep(0.005)
+            self.engine.apply_pending_controls()
 
     def start_rendering(self) -> None:
         """The engine loop on its own thread, with an unpaced pattern source and no sinks."""
@@ -330,13 +343,13 @@ BAD: list[tuple[str, tuple[Any, ...], str]] = [
     ("/preset", ("default",), "changes rebuild keys model.id"),
     ("/prompt/blend", ("a", 0.5, "b"), "method 'b' is unknown"),
     ("/prompt/blend", (0.5,), "has no text before it"),
-    ("/prompt/blend", ("a", -1.0), "must be non-negative"),
+    ("/prompt/blend", ("a", -1.0), "non-negative"),
     ("/seed/blend", (1,), "pairs"),
     ("/seed/blend", (1, 0.5, -3, 0.5), "prompt.seed: -3"),
     ("/prompt_list", ("not json",), "expects a JSON list"),
     ("/seed_list", ("[[1, 0.5], [2]]",), "pairs"),
     ("/strength", (1.5,), "out of range [0, 1]"),
-    ("/transition", (-1.0,), "out of range"),
+    ("/transition", (-1.0,), "not a number in [0, 3600]"),
     ("/transition/frames", (1.5,), "whole number"),
     ("/get", ("/nope",), "/nope: unknown address"),
     ("/get", ("/reset",), "is a command"),
@@ -385,7 +398,7 @@ def test_commands_pause_play_reset_transition_blends_strength(rig):
     assert r.feedback.wait(f"{NS}/status") == ["paused"]  # /play not applied yet when it was asked
     r.apply()
     assert not r.engine.paused
-    assert "prompt.guidance" in r.engine.transitions and r.engine.pipeline.cfg.guidance < 3.0  # morphing over 0.5 s
+    assert "guidance" in r.engine.transitions and r.engine.pipeline.guidance < 3.0  # morphing over 0.5 s
     assert r.engine.preset.prompt.guidance == 3.0
     assert r.engine.preset.stream.t_index_list == [24, 37]
     assert r.get("/strength") == [pytest.approx(0.5)]

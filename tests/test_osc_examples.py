@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_live import preset
+from conftest import preset
 
 from engine.config.registry import registry
 from engine.config.schema import OscConfig

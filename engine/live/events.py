@@ -1,8 +1,9 @@
 """What the engine tells its controllers: a change took effect, or applying it failed.
 
 Every request sent to the engine ends in exactly one event carrying its request id: "applied" (value: the value
-now in effect) or "error" (message: one line naming the value and why: refused when applied, an encoding or a
-rebuild failed, or a newer request for the same thing superseded it). A rebuild also reports itself, path "rebuild".
+now in effect), "error" (message: one line naming the value and why: refused when applied, an encoding or a
+rebuild failed) or "superseded" (a newer request for the same thing arrived first: the newest wins, which is no
+error: a text field sends on every keystroke). A rebuild also reports itself, path "rebuild".
 
 Listeners run on the engine thread, so they must be quick and never block: the OSC bridge only puts the
 event on its own queue. A listener that raises is logged and kept; it never ends the loop.
@@ -21,10 +22,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EngineEvent:
-    kind: Literal["applied", "error"]
+    kind: Literal["applied", "error", "superseded"]
     path: str  # a registry path ("prompt.text") or a command ("prompt.blend", "seed.blend", "reset", "rebuild")
     value: Any = None  # applied: the value now in effect
-    message: str = ""  # error: one line naming the bad value and why
+    message: str = ""  # error, superseded: one line naming the value and why
     request_id: int | None = None  # the id set() / blend_*() / pause() / reset() returned; None for "rebuild"
 
 

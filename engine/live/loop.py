@@ -399,6 +399,13 @@ class LiveEngine:
         log.error("%s", message)
         self.events.emit(EngineEvent("error", control.path, message=message, request_id=control.request_id))
 
+    def _superseded(self, control: Control, why: str) -> None:
+        """The newest request wins: an older one still pending is dropped, told so, and only logged at debug."""
+        shown = "" if control.value is None else f" {_shown(control.value)}"
+        message = f"{control.path}{shown} was not applied: {why}"
+        log.debug("%s", message)
+        self.events.emit(EngineEvent("superseded", control.path, message=message, request_id=control.request_id))
+
     def _apply_guarded(self, control: Control) -> None:
         try:
             self._apply(control)
@@ -515,7 +522,7 @@ class LiveEngine:
         key = "cond" if isinstance(control, BlendPrompts) else spec_of(control.path).apply
         previous = self._pending.pop(key, None)
         if previous is not None:
-            self._refuse(previous.source, f"superseded by request {control.request_id} before it was encoded")
+            self._superseded(previous.source, f"superseded by request {control.request_id} before it was encoded")
         self._pending[key] = _PendingPrompt(control, self.encoder.request(key, prompt_texts(control)))
 
     def _on_encoded(self, result: EncodeResult | EncodeFailure) -> None:
@@ -571,7 +578,7 @@ class LiveEngine:
         requests = dict(running.requests) if running is not None else {}
         older = requests.pop(control.path, None)
         if older is not None:
-            self._refuse(older, f"superseded by request {control.request_id} before the rebuild finished")
+            self._superseded(older, f"superseded by request {control.request_id} before the rebuild finished")
         requests[control.path] = control
         if running is not None:
             running.future.cancel()  # not started yet: never runs; already building: its result is dropped
