@@ -6,15 +6,22 @@ import logging
 import signal
 from types import FrameType
 
+from bridges.uri import open_sink, open_source
 from engine.config.schema import Preset
+from engine.core.instance import DEFAULT_INSTANCE, Instance
 from engine.live.loop import LiveEngine
 from engine.live.metrics import StatusLinePrinter
 
 log = logging.getLogger(__name__)
 
 
-def run_live(preset: Preset, duration: float | None = None) -> None:
-    engine = LiveEngine(preset)
+def run_live(preset: Preset, duration: float | None = None, instance: Instance = DEFAULT_INSTANCE) -> None:
+    # Build (not open) every bridge first: a missing platform module or a bad URI fails in one line before the
+    # model loads. The engine builds its own when it starts.
+    open_source(preset.io.input, instance)
+    for uri in preset.io.outputs:
+        open_sink(uri, instance)
+    engine = LiveEngine(preset, instance=instance)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 
 from bridges.base import Sink, Source
-from bridges.uri import open_sink, open_source
+from bridges.pixels import FrameConformer
+from bridges.uri import open_sink, open_source, source_fit
 from engine.config.registry import registry
 from engine.config.schema import Preset
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
+from engine.core.instance import DEFAULT_INSTANCE, Instance
 from engine.core.slot import LatestFrameSlot
 from engine.live.blending import blend_embeddings, blend_noise, slerp
 from engine.live.controls import (
@@ -57,7 +59,8 @@ Embedder = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]  # encoded texts â
 
 
 class LiveEngine:
-    def __init__(self, preset: Preset, models: Models | None = None) -> None:
+    def __init__(self, preset: Preset, models: Models | None = None, instance: Instance = DEFAULT_INSTANCE) -> None:
+        self.instance = instance  # default sender names and preview port of bridges (engine/core/instance.py)
         self.preset = preset.model_copy(deep=True)  # the values in effect
         self.requested = RequestedValues(preset)  # the values asked for (validated), ahead of the engine
         self.controls: queue.SimpleQueue[Control] = queue.SimpleQueue()
@@ -91,9 +94,9 @@ class LiveEngine:
         # io: build the bridges here (building opens nothing), so a bad URI is refused to the sender.
         bridges: tuple[Source | Sink, ...] = ()
         if path == "io.input":
-            bridges = (open_source(checked),)
+            bridges = (open_source(checked, self.instance),)
         elif path == "io.outputs":
-            bridges = tuple(open_sink(uri) for uri in checked)
+            bridges = tuple(open_sink(uri, self.instance) for uri in checked)
         self.controls.put(SetValue(path, self.requested.validate(path, value), duration, bridges))
 
     def blend_prompts(
@@ -170,6 +173,8 @@ class LiveEngine:
         """Process the newest input (held during a rebuild; nothing while paused). False when no input came."""
         frames = self._take_input()
         if frames is None:
+            if self.source_worker is not None and self.source_worker.failing:
+                self._publish(self._last_outputs)  # the source is lost: keep the last frame going out until it's back
             return False
         if self._rebuild is not None:
             self._publish(self._last_outputs)  # keep sending the last frame until the new pipeline is ready
@@ -211,16 +216,24 @@ class LiveEngine:
 
     def start_io(self, source: Source | None = None, sinks: Sequence[Sink] | None = None) -> None:
         """Start the source and sink threads (from the preset's io URIs unless bridges are given)."""
-        self._start_source(source or open_source(self.preset.io.input))
-        self._start_sinks(list(sinks) if sinks is not None else [open_sink(uri) for uri in self.preset.io.outputs])
+        self._start_source(source or open_source(self.preset.io.input, self.instance))
+        uris = self.preset.io.outputs
+        self._start_sinks(list(sinks) if sinks is not None else [open_sink(uri, self.instance) for uri in uris])
 
     def _start_source(self, source: Source) -> None:
         if self.source_worker is not None:
             self.source_worker.stop()
         self.input_slot = LatestFrameSlot()
         self._seen_input, self._seen_dropped = 0, 0
-        self.source_worker = SourceWorker(source, self.input_slot)
+        # Frames are checked and brought to the stream's size (the URI's fit) on the source's thread.
+        conform = FrameConformer(f"source {source.name}", self._stream_size, source_fit(self.preset.io.input))
+        self.source_worker = SourceWorker(source, self.input_slot, conform=conform)
         self.source_worker.start()
+
+    def _stream_size(self) -> tuple[int, int]:
+        """(height, width) of the stream, read by the source thread for every frame (a rebuild may change it)."""
+        stream = self.preset.stream
+        return stream.height, stream.width
 
     def _start_sinks(self, sinks: list[Sink]) -> None:
         self._stop_sinks()
