@@ -7,9 +7,18 @@ NDI® is a registered trademark of Vizrt NDI AB. dreamwire does not ship the NDI
 
 Sink: one cyndilib Sender, its VideoSendFrame sized at the first frame (the sender is re-created when the size
 changes); frames go out with write_video_async, so NDI compresses on its own thread. Source: a Finder finds the
-sender by name, a Receiver (RGBX_RGBA, or UYVY_RGBA with color=uyvy) takes frames; RGBA/RGBX, BGRA/BGRX and UYVY
-are converted to RGB. No frame for `timeout` seconds raises, and the worker re-opens with backoff (the sender left).
-Every cyndilib call is made on the bridge's worker thread; cyndilib is imported only in open().
+sender by name; a Receiver (RGBX_RGBA, or UYVY_RGBA with color=uyvy) with a FrameSync hands over the newest frame,
+recognised as new by its timestamp; RGBA/RGBX, BGRA/BGRX and UYVY are converted to RGB. No new frame for `timeout`
+seconds raises, and the worker re-opens with backoff (the sender left). Every cyndilib call is made on the
+bridge's worker thread; cyndilib is imported only in open().
+
+Measured with cyndilib 0.1.3 on loopback, and why the source works as it does:
+- Receiver.receive and Finder.wait_for_sources hold the GIL while they wait (every other Python thread, the
+  engine's included, stalls for the whole timeout), and Receiver.receive returned 2 of 240 frames that the
+  receiver's own statistics counted as received; FrameSync.capture_video returns at once with the newest frame
+  (120 distinct frames of 122 sent). So the source polls capture_video, sleeping between polls.
+- The Finder's own thread re-reads the source list only every 5 s once any source exists (our own output is
+  one), so the Finder is not opened: update_sources() is polled while looking for the sender.
 """
 
 from __future__ import annotations
@@ -32,7 +41,8 @@ log = logging.getLogger(__name__)
 
 SEND_FORMATS = ("rgba", "bgra", "uyvy")
 RECEIVE_COLORS = ("rgba", "uyvy")
-RECEIVE_WAIT_MS = 100  # one receive() call waits at most this long, so close() is never stuck behind it
+POLL_S = 0.002  # seconds between polls of the frame sync (a sleep that lets the engine's threads run)
+DISCOVERY_POLL_S = 0.05  # seconds between looks at the source list while the sender is not found
 
 
 def _cyndilib() -> Any:
@@ -114,8 +124,7 @@ class NdiSource:
         self._finder: Any = None
         self._receiver: Any = None
         self._video: Any = None
-        self._data: np.ndarray | None = None
-        self._recv_video: Any = None  # cyndilib's ReceiveFrameType.recv_video, set in open()
+        self._stamp = 0.0  # NDI timestamp of the frame last handed out
         self._index = 0
 
     @property
@@ -125,18 +134,15 @@ class NdiSource:
     def open(self) -> None:
         self.close()
         ndi = _cyndilib()
-        from cyndilib.receiver import ReceiveFrameType
         from cyndilib.wrapper.ndi_recv import RecvBandwidth, RecvColorFormat
 
-        self._recv_video = ReceiveFrameType.recv_video
 
-        self._finder = ndi.Finder()
-        self._finder.open()
+        self._finder = ndi.Finder()  # not open(): its thread would refresh the list only every 5 s (see above)
         found = self._find()
         color = RecvColorFormat.RGBX_RGBA if self.color == "rgba" else RecvColorFormat.UYVY_RGBA
         self._receiver = ndi.Receiver(color_format=color, bandwidth=RecvBandwidth.highest, recv_name="dreamwire")
-        self._video = ndi.VideoRecvFrame()
-        self._receiver.set_video_frame(self._video)
+        self._video = ndi.VideoFrameSync()
+        self._receiver.frame_sync.set_video_frame(self._video)
         self._receiver.set_source(self._finder.get_source(found))
         log.info("ndi: receiving %r", found)
 
@@ -144,7 +150,7 @@ class NdiSource:
         """Wait up to `timeout` seconds for the sender to be announced; its full name."""
         deadline = time.perf_counter() + self.timeout
         while True:
-            names = self._finder.get_source_names()
+            names = self._finder.update_sources()
             found = matching_source(names, self.source_name)
             if found is not None:
                 return found
@@ -154,15 +160,20 @@ class NdiSource:
                 raise DreamwireError(
                     f"ndi: no source named {self.source_name!r} found in {self.timeout:g} s (found: {seen})"
                 )
-            self._finder.wait_for_sources(min(left, 0.25))
+            time.sleep(min(left, DISCOVERY_POLL_S))
 
     def read(self) -> Frame:
         if self._receiver is None:
             raise DreamwireError(f"ndi source {self.source_name}: read() before open()")
-        deadline, video = time.perf_counter() + self.timeout, self._recv_video
-        while not self._receiver.receive(video, RECEIVE_WAIT_MS) & video:
+        deadline, sync, video = time.perf_counter() + self.timeout, self._receiver.frame_sync, self._video
+        while True:
+            sync.capture_video()  # the newest frame (or the same one again), at once
+            if video.xres and video.get_timestamp_posix() != self._stamp:
+                break
             if time.perf_counter() > deadline:
                 raise DreamwireError(f"ndi: no frame from {self.source_name!r} for {self.timeout:g} s (sender gone?)")
+            time.sleep(POLL_S)
+        self._stamp = video.get_timestamp_posix()
         frame = Frame(self._pixels(), self._index, time.perf_counter())
         self._index += 1
         return frame
@@ -171,11 +182,7 @@ class NdiSource:
         """The received frame as (H, W, 3) uint8 RGB."""
         ndi, video = _cyndilib(), self._video
         width, height, stride = video.xres, video.yres, video.get_line_stride()
-        size = video.get_buffer_size()
-        if self._data is None or self._data.size != size:
-            self._data = np.empty(size, np.uint8)
-        video.fill_p_data(self._data)
-        rows = self._data[: height * stride].reshape(height, stride)
+        rows = video.get_array()[: height * stride].reshape(height, stride)  # a copy
         fourcc = video.get_fourcc()
         if fourcc in (ndi.FourCC.RGBA, ndi.FourCC.RGBX):
             return rgba_to_rgb(rows[:, : 4 * width].reshape(height, width, 4))
@@ -186,12 +193,10 @@ class NdiSource:
         raise DreamwireError(f"ndi: pixel format {fourcc!r} from {self.source_name!r} is not handled (RGBA/BGRA/UYVY)")
 
     def close(self) -> None:
-        receiver, finder = self._receiver, self._finder
-        self._receiver = self._finder = self._video = None
+        receiver = self._receiver
+        self._receiver = self._finder = self._video = None  # the Finder, never opened, is freed with its object
         if receiver is not None:
             receiver.disconnect()
-        if finder is not None:
-            finder.close()
 
 
 def source_from_uri(u: ParsedUri, default_name: str) -> NdiSource:
