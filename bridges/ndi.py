@@ -136,7 +136,6 @@ class NdiSource:
         ndi = _cyndilib()
         from cyndilib.wrapper.ndi_recv import RecvBandwidth, RecvColorFormat
 
-
         self._finder = ndi.Finder()  # not open(): its thread would refresh the list only every 5 s (see above)
         found = self._find()
         color = RecvColorFormat.RGBX_RGBA if self.color == "rgba" else RecvColorFormat.UYVY_RGBA

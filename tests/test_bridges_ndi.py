@@ -132,7 +132,9 @@ def test_engine_takes_ndi_in_and_sends_ndi_out_through_a_sender_dropout(tiny_tae
         latest = receiver.wait_for(3, after=time.perf_counter())[-1].astype(int)
         error = np.abs(latest - output).mean()
         unrelated = np.abs(latest - output[::-1, ::-1]).mean()
-        print(f"NDI round trip: mean |received - engine output| {error:.1f}, against an unrelated image {unrelated:.1f}")
+        print(
+            f"NDI round trip: mean |received - engine output| {error:.1f}, against an unrelated image {unrelated:.1f}"
+        )
         assert error < 12 and error < unrelated / 3
 
         worker = engine.source_worker

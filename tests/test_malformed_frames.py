@@ -110,3 +110,23 @@ def test_the_preview_encodes_converted_frames_and_skips_malformed_ones(caplog):
     finally:
         sink.close()
     assert len([r for r in caplog.records if "cannot be converted" in r.getMessage()]) == 1
+
+
+def test_the_source_boundary_fits_frames_to_the_stream_with_the_uris_fit(tiny_taesd_models):
+    preset = Preset.model_validate(
+        {
+            "model": {"id": "tiny", "vae": "tiny-taesd", "dtype": "float32", "device": "cpu"},
+            "stream": {"width": SIZE, "height": SIZE, "t_index_list": [16, 32]},
+            "io": {"input": f"pattern:?width={2 * SIZE}&height={SIZE}&fps=0&fit=letterbox", "outputs": []},
+        }
+    )
+    engine = LiveEngine(preset, models=tiny_taesd_models)
+    engine.start_io(sinks=[])
+    try:
+        frame = engine.input_slot.get(timeout=10)
+    finally:
+        engine.close()
+    assert frame is not None and frame.image.shape == (SIZE, SIZE, 3)
+    bar = SIZE // 4  # a 2:1 picture in a square: a quarter of the height black above and below
+    assert (frame.image[: bar - 1] == 0).all() and (frame.image[-bar + 1 :] == 0).all()
+    assert frame.image[bar + 1 : -bar - 1].max() > 0
