@@ -131,7 +131,12 @@ class ShmWriter:
             raise DreamwireError(f"shm {self.name}: frame shape {rgb.shape} is not {(*self.shape[:2], 3)}")
         n = self.frames + 1
         views.sequence[0] = 2 * n - 1  # frame n is being written into slot n % 2
-        np.copyto(views.slots[n % 2][:, :, :3], rgb)
+        slot = views.slots[n % 2]
+        if slot.shape[2] == 3:
+            np.copyto(slot, rgb)
+        else:  # RGBA: alpha is already 255; one channel at a time beats numpy's strided 3-of-4 copy
+            for channel in range(3):
+                slot[:, :, channel] = rgb[:, :, channel]
         views.sequence[0] = 2 * n  # frame n is complete
         self.frames = n
 

@@ -89,3 +89,5 @@ def test_bench_json(capsys):
     assert rows["ssf on, changing input"]["skip_rate"] == 0
     assert rows["overhead"]["model_ms"] == 0 and rows["overhead"]["overhead_ms"] > 0
     assert set(report["ratios"]) == {"self_vs_full_fps", "stream_batch_vs_sequential_fps"}
+    bridges = {cost["bridge"]: cost for cost in report["bridges"]["costs"]}
+    assert {"shm (RGB)", "shm (RGBA)"} <= set(bridges) and bridges["shm (RGB)"]["frames"] >= 100
