@@ -104,8 +104,12 @@ class FilterConfig(Section):
 
 
 class IOConfig(Section):
-    input: str = rebuild("pattern:", "Source URI (pattern:, file:PATH, camera:, spout:NAME, syphon:NAME, ndi:NAME).")
-    outputs: list[str] = rebuild(["preview:"], "Sink URIs (preview:, file:PATH, spout:NAME, syphon:NAME, ndi:NAME).")
+    input: str = rebuild(
+        "pattern:", "Source URI (pattern:, file:PATH, camera:, spout:NAME, syphon:NAME, ndi:NAME, shm:NAME)."
+    )
+    outputs: list[str] = rebuild(
+        ["preview:"], "Sink URIs (preview:, file:PATH, spout:NAME, syphon:NAME, ndi:NAME, shm:NAME)."
+    )
 
 
 class Preset(Section):
