@@ -144,3 +144,12 @@ def test_two_instances_run_side_by_side_and_collide_on_nothing():
     for name in names:  # a clean exit removes each instance's segment
         with pytest.raises(DreamwireError, match="no segment named"):
             shm.attach(name)
+
+
+def test_a_bridge_that_cannot_run_here_ends_run_at_start_up_with_exit_2(monkeypatch, caplog):
+    from engine.commands import cli
+
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setattr("engine.live.loop.LiveEngine.__init__", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert cli.main(["run", "--preset", "offline-demo", "--output", "preview:", "--output", "spout:"]) == 2
+    assert "spout: needs Windows (this is Linux) and the 'spout' extra: pip install 'dreamwire[spout]'" in caplog.text
