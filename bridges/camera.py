@@ -16,17 +16,15 @@ import logging
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bridges.pixels import bgr_to_rgb
+from bridges.uri import TIMEOUT_HELP, ParsedUri
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
 from engine.core.slot import LatestFrameSlot
-
-if TYPE_CHECKING:
-    from bridges.uri import ParsedUri
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +154,7 @@ def source_from_uri(u: ParsedUri, _default_name: str) -> CameraSource:
             "height": "requested height",
             "fps": "requested frame rate",
             "backend": f"auto (per OS), {', '.join(BACKENDS)}",
-            "timeout": "seconds without a frame before the device counts as lost, default 2",
+            "timeout": TIMEOUT_HELP,
         }
     )
     device: int | str = u.path or "0"
@@ -168,5 +166,5 @@ def source_from_uri(u: ParsedUri, _default_name: str) -> CameraSource:
         height=u.integer("height", 0, 0, 16384) or None,
         fps=u.number("fps", None, 0) or None,
         backend=u.query.get("backend", "auto"),
-        timeout=u.number("timeout", 2.0, 0.05) or 2.0,
+        timeout=u.timeout(),
     )

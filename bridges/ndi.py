@@ -26,16 +26,14 @@ from __future__ import annotations
 import logging
 import time
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bridges.pixels import bgra_to_rgb, rgb_to_bgra, rgb_to_rgba, rgb_to_uyvy, rgba_to_rgb, uyvy_to_rgb
+from bridges.uri import TIMEOUT_HELP, ParsedUri
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
-
-if TYPE_CHECKING:
-    from bridges.uri import ParsedUri
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +197,8 @@ class NdiSource:
 
 
 def source_from_uri(u: ParsedUri, default_name: str) -> NdiSource:
-    u.take({"timeout": "seconds without a frame before the sender counts as gone, default 2", "color": "rgba or uyvy"})
-    timeout = u.number("timeout", 2.0, 0.05) or 2.0
-    return NdiSource(u.path or default_name, timeout=timeout, color=u.query.get("color", "rgba"))
+    u.take({"timeout": TIMEOUT_HELP, "color": "rgba or uyvy"})
+    return NdiSource(u.path or default_name, timeout=u.timeout(), color=u.query.get("color", "rgba"))
 
 
 def sink_from_uri(u: ParsedUri, default_name: str) -> NdiSink:

@@ -38,16 +38,13 @@ import struct
 import sys
 import time
 from multiprocessing import shared_memory
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bridges.pixels import rgba_to_rgb
+from bridges.uri import TIMEOUT_HELP, ParsedUri
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
-
-if TYPE_CHECKING:
-    from bridges.uri import ParsedUri
 
 log = logging.getLogger(__name__)
 
@@ -317,8 +314,8 @@ class ShmSource:
 
 
 def source_from_uri(u: ParsedUri, default_name: str) -> ShmSource:
-    u.take({"timeout": "seconds without a new frame before the writer counts as gone, default 2"})
-    return ShmSource(u.path or default_name, timeout=u.number("timeout", 2.0, 0.01) or 2.0)
+    u.take({"timeout": TIMEOUT_HELP})
+    return ShmSource(u.path or default_name, timeout=u.timeout())
 
 
 def sink_from_uri(u: ParsedUri, default_name: str) -> ShmSink:

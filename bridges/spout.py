@@ -17,16 +17,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bridges.pixels import bgra_to_rgb, rgb_to_rgba, rgba_to_rgb
+from bridges.uri import TIMEOUT_HELP, ParsedUri
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
-
-if TYPE_CHECKING:
-    from bridges.uri import ParsedUri
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +53,21 @@ class _OneThread:
             raise DreamwireError(f"{self.what}: called from another thread than the one that opened it")
 
 
+def _with_opengl(thread: _OneThread, make: Any, what: str) -> Any:
+    """A new SpoutSender/SpoutReceiver (`make`) with its OpenGL context, created on this thread, which claims it."""
+    thread.claim()
+    spout_object = make()
+    if not spout_object.createOpenGL():
+        raise DreamwireError(f"{what}: createOpenGL failed (no OpenGL on this display?)")
+    return spout_object
+
+
+def _release(spout_object: Any, release: str) -> None:
+    """releaseSender/releaseReceiver, then the OpenGL context."""
+    getattr(spout_object, release)()
+    spout_object.closeOpenGL()
+
+
 class SpoutSink:
     """Sends frames as the Spout sender `sender_name`; invert flips them vertically (sendImage's invert)."""
 
@@ -74,10 +87,7 @@ class SpoutSink:
         spout = _spoutgl()
         from SpoutGL import enums
 
-        self._thread.claim()
-        sender = spout.SpoutSender()
-        if not sender.createOpenGL():
-            raise DreamwireError(f"spout sender {self.sender_name}: createOpenGL failed (no OpenGL on this display?)")
+        sender = _with_opengl(self._thread, spout.SpoutSender, self._thread.what)
         self._sender = sender  # from here close() releases the context
         sender.setSenderName(self.sender_name)
         self._gl_rgba = enums.GL_RGBA
@@ -96,8 +106,7 @@ class SpoutSink:
         sender, self._sender = self._sender, None
         if sender is not None:
             self._thread.check()
-            sender.releaseSender()
-            sender.closeOpenGL()
+            _release(sender, "releaseSender")
 
 
 class SpoutSource:
@@ -121,10 +130,7 @@ class SpoutSource:
         spout = _spoutgl()
         from SpoutGL import enums
 
-        self._thread.claim()
-        receiver = spout.SpoutReceiver()
-        if not receiver.createOpenGL():
-            raise DreamwireError(f"spout receiver {self.sender_name}: createOpenGL failed (no OpenGL on this display?)")
+        receiver = _with_opengl(self._thread, spout.SpoutReceiver, self._thread.what)
         self._receiver, self._enums, self._buffer = receiver, enums, None
         receiver.setReceiverName(self.sender_name)
 
@@ -160,14 +166,12 @@ class SpoutSource:
         receiver, self._receiver = self._receiver, None
         if receiver is not None:
             self._thread.check()
-            receiver.releaseReceiver()
-            receiver.closeOpenGL()
+            _release(receiver, "releaseReceiver")
 
 
 def source_from_uri(u: ParsedUri, default_name: str) -> SpoutSource:
-    u.take({"invert": "0 or 1: flip vertically", "timeout": "seconds without a frame before the sender is gone"})
-    timeout = u.number("timeout", 2.0, 0.05) or 2.0
-    return SpoutSource(u.path or default_name, invert=u.flag("invert"), timeout=timeout)
+    u.take({"invert": "0 or 1: flip vertically", "timeout": TIMEOUT_HELP})
+    return SpoutSource(u.path or default_name, invert=u.flag("invert"), timeout=u.timeout())
 
 
 def sink_from_uri(u: ParsedUri, default_name: str) -> SpoutSink:

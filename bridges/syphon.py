@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bridges.pixels import bgra_to_rgb, flip_vertical, rgb_to_rgba, rgba_to_rgb
+from bridges.uri import TIMEOUT_HELP, ParsedUri
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
-
-if TYPE_CHECKING:
-    from bridges.uri import ParsedUri
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +144,8 @@ class SyphonSource:
 
 
 def source_from_uri(u: ParsedUri, default_name: str) -> SyphonSource:
-    u.take({"invert": "0 or 1: flip vertically", "timeout": "seconds without a frame before the server is gone"})
-    timeout = u.number("timeout", 2.0, 0.05) or 2.0
-    return SyphonSource(u.path or default_name, invert=u.flag("invert"), timeout=timeout)
+    u.take({"invert": "0 or 1: flip vertically", "timeout": TIMEOUT_HELP})
+    return SyphonSource(u.path or default_name, invert=u.flag("invert"), timeout=u.timeout())
 
 
 def sink_from_uri(u: ParsedUri, default_name: str) -> SyphonSink:

@@ -33,6 +33,7 @@ from engine.core.errors import DreamwireError
 from engine.core.instance import DEFAULT_INSTANCE, Instance
 
 Direction = Literal["source", "sink"]
+TIMEOUT_HELP = "seconds without a new frame before the sender counts as gone, default 2"  # every platform source
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class ParsedUri:
         if not (math.isfinite(value) and value >= low):
             raise DreamwireError(f"{self.scheme}: {key}={raw!r} in {self.uri!r} is not a number >= {low:g}")
         return value
+
+    def timeout(self) -> float:
+        """The `timeout` key of a platform source: seconds without a new frame before the sender counts as gone."""
+        return self.number("timeout", 2.0, 0.01) or 2.0
 
     def flag(self, key: str) -> bool:
         raw = self.query.get(key, "0").lower()

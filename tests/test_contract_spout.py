@@ -17,6 +17,7 @@ import types
 
 import numpy as np
 import pytest
+from call_log import Calls
 
 from bridges.base import BridgeUnavailable
 from bridges.spout import DXGI_FORMAT_B8G8R8A8_UNORM, SpoutSink, SpoutSource
@@ -29,22 +30,6 @@ from engine.live.io_threads import SinkWorker, SourceWorker
 
 GL_RGBA, GL_BGRA_EXT = 0x1908, 0x80E1
 DXGI_RGBA = 28
-
-
-class Calls:
-    """(method, args, thread id) of every call into the stand-in."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str, tuple, int]] = []
-
-    def add(self, method: str, *args: object) -> None:
-        self.log.append((method, args, threading.get_ident()))
-
-    def names(self) -> list[str]:
-        return [name for name, _, _ in self.log]
-
-    def threads(self) -> set[int]:
-        return {thread for _, _, thread in self.log}
 
 
 class FakeSender:

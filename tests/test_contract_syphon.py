@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from call_log import Calls
 
 from bridges.syphon import SyphonSink, SyphonSource
 from bridges.uri import open_sink, open_source
@@ -32,20 +33,6 @@ from engine.live.io_threads import SinkWorker, SourceWorker
 
 RGBA8, BGRA8 = 70, 80  # MTLPixelFormatRGBA8Unorm, MTLPixelFormatBGRA8Unorm
 PUMPS_BEFORE_ANNOUNCE = 3  # the stand-in directory sees a server only after its run loop ran this often
-
-
-class Calls:
-    def __init__(self) -> None:
-        self.log: list[tuple[str, tuple, int]] = []
-
-    def add(self, method: str, *args: object) -> None:
-        self.log.append((method, args, threading.get_ident()))
-
-    def names(self) -> list[str]:
-        return [name for name, _, _ in self.log]
-
-    def threads(self) -> set[int]:
-        return {thread for _, _, thread in self.log}
 
 
 class FakeTexture:
