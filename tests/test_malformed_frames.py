@@ -21,19 +21,21 @@ from engine.live.loop import LiveEngine
 
 
 class ScriptedSource:
-    """Hands out the given images in turn, then ends the stream."""
+    """Hands out the given images in turn (one every `delay` seconds), then ends the stream."""
 
     name = "scripted"
 
-    def __init__(self, images: list[object]) -> None:
+    def __init__(self, images: list[object], delay: float = 0.0) -> None:
         self.images = list(images)
         self.index = 0
+        self.delay = delay
 
     def open(self) -> None: ...
 
     def read(self) -> Frame | None:
         if self.index >= len(self.images):
             return None
+        time.sleep(self.delay)
         frame = Frame(self.images[self.index], self.index, time.perf_counter())  # type: ignore[arg-type]
         self.index += 1
         return frame
@@ -80,11 +82,12 @@ def test_the_engine_runs_on_rgba_float64_frames(tiny_taesd_models):
         }
     )
     engine = LiveEngine(preset, models=tiny_taesd_models)
-    images: list[object] = [_rgba_float64() for _ in range(4)]
+    images: list[object] = [_rgba_float64() for _ in range(600)]
     images.insert(2, np.zeros((3, 3, 3, 3), np.uint8))  # not an image at all: dropped, never reaches the model
-    engine.start_io(source=ScriptedSource(images), sinks=[])
+    source = ScriptedSource(images, delay=0.05)  # paced (for up to 30 s): a burst would mostly be dropped
+    engine.start_io(source=source, sinks=[])
     try:
-        deadline = time.perf_counter() + 20
+        deadline = time.perf_counter() + 30
         while engine.frame_number < 2 and time.perf_counter() < deadline:
             engine.step()
     finally:
