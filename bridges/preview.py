@@ -12,6 +12,7 @@ There is no local window: on a machine with a display, open the URL in a browser
 from __future__ import annotations
 
 import errno
+import html
 import io
 import logging
 import threading
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from bridges.base import BridgeUnavailable
+from bridges.pixels import FrameConformer
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
 from engine.core.slot import LatestFrameSlot
@@ -30,11 +32,11 @@ from engine.core.slot import LatestFrameSlot
 log = logging.getLogger(__name__)
 
 _BOUNDARY = "dreamwireframe"
-_PAGE = b"""<!doctype html>
-<html><head><meta charset="utf-8"><title>dreamwire preview</title>
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title} preview</title>
 <style>body{margin:0;background:#111;color:#888;font:12px monospace}
 img{display:block;margin:0 auto;max-width:100vw;max-height:calc(100vh - 24px)}#s{padding:4px}</style></head>
-<body><img src="/stream.mjpg" alt="dreamwire preview"><div id="s"></div>
+<body><img src="/stream.mjpg" alt="{title} preview"><div id="s"></div>
 <script>setInterval(() => fetch("/status").then(r => r.text())
   .then(t => { document.getElementById("s").textContent = t; }).catch(() => {}), 500);</script>
 </body></html>
@@ -45,7 +47,13 @@ class PreviewSink:
     """MJPEG-over-HTTP preview on host:port (port 0 picks a free port; see .port / .url after open())."""
 
     def __init__(
-        self, port: int = 8765, host: str = "127.0.0.1", quality: int = 80, window: bool = False, name: str = "preview"
+        self,
+        port: int = 8765,
+        host: str = "127.0.0.1",
+        quality: int = 80,
+        window: bool = False,
+        name: str = "preview",
+        title: str = "dreamwire",
     ) -> None:
         if window:
             raise BridgeUnavailable(
@@ -58,6 +66,8 @@ class PreviewSink:
         self.host, self.quality = host, quality
         self._requested_port = port
         self._name = name
+        self.page = _PAGE.replace("{title}", html.escape(title)).encode()  # the instance name in the tab's title
+        self._conform = FrameConformer(f"preview {name}")  # checked here: the JPEG encoder runs on client threads
         # The newest (H, W, 3) uint8 RGB frame; each client keeps its own sequence mark. A new slot per open().
         self._frames: LatestFrameSlot[np.ndarray] = LatestFrameSlot()
         self._frames.close()
@@ -107,7 +117,9 @@ class PreviewSink:
         log.info("preview: open %s in a browser", self.url)
 
     def write(self, frame: Frame) -> None:
-        self._frames.put(frame.image)
+        image = self._conform(frame.image)  # (H, W, 3) uint8 RGB, or None: not convertible (logged once per streak)
+        if image is not None:
+            self._frames.put(image)
 
     def close(self) -> None:
         """Stop serving: wakes streaming clients, stops the accept loop and releases the port (within ~0.2 s)."""
@@ -160,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
         sink = self.server.sink
         try:
             if path in ("/", "/index.html"):
-                self._send(HTTPStatus.OK, "text/html; charset=utf-8", _PAGE)
+                self._send(HTTPStatus.OK, "text/html; charset=utf-8", sink.page)
             elif path == "/status":
                 self._send(HTTPStatus.OK, "text/plain; charset=utf-8", sink._status.encode())
             elif path == "/frame.jpg":

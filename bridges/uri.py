@@ -3,26 +3,37 @@
     pattern:?width=512&height=512&fps=30     moving test pattern (fps=0: unpaced)
     file:clip.mp4?fps=30&loop=1              clip as source (.npy, video, image folder); as sink: file:out.npy?fps=30
     preview:?port=8765&window=0              MJPEG stream for a browser (sink only)
-    spout: syphon: ndi: shm: camera:         platform bridges, imported only when asked for
+    spout:NAME syphon:NAME ndi:NAME shm:NAME camera:0
+                                             platform bridges, imported only when asked for
+
+Every source also takes `fit=stretch|letterbox|crop`: how frames of another aspect ratio reach the engine's size
+(read with source_fit(); the source itself never sees the key).
 
 open_source/open_sink construct the bridge; they do not call its open(): the worker thread does (bridges such as
 Spout must be used from one thread only). Platform bridge modules `bridges/<scheme>.py` provide
-`source_from_uri(path: str, query: dict[str, str]) -> Source` and/or `sink_from_uri(...) -> Sink`.
+`source_from_uri(u: ParsedUri, default_name: str) -> Source` and/or `sink_from_uri(...) -> Sink`; default_name is
+the instance's sender name (engine/core/instance.py) for a URI given without one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import importlib.util
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from bridges.base import BridgeUnavailable, Sink, Source
+from bridges.pixels import FITS, Fit
 from engine.core.errors import DreamwireError
+from engine.core.instance import DEFAULT_INSTANCE, Instance
 
 Direction = Literal["source", "sink"]
+TIMEOUT_HELP = "seconds without a new frame before the sender counts as gone, default 2"  # every platform source
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,10 @@ class ParsedUri:
         if not (math.isfinite(value) and value >= low):
             raise DreamwireError(f"{self.scheme}: {key}={raw!r} in {self.uri!r} is not a number >= {low:g}")
         return value
+
+    def timeout(self) -> float:
+        """The `timeout` key of a platform source: seconds without a new frame before the sender counts as gone."""
+        return self.number("timeout", 2.0, 0.01) or 2.0
 
     def flag(self, key: str) -> bool:
         raw = self.query.get(key, "0").lower()
@@ -110,22 +125,38 @@ def parse_uri(uri: str, direction: Direction) -> ParsedUri:
     return ParsedUri(uri=uri, scheme=scheme, path=path, query=query)
 
 
-def open_source(uri: str) -> Source:
-    """The Source for `uri` (not yet opened). Raises DreamwireError / BridgeUnavailable with a one-line reason."""
+def open_source(uri: str, instance: Instance = DEFAULT_INSTANCE) -> Source:
+    """The Source for `uri` (not yet opened). Raises DreamwireError / BridgeUnavailable with a one-line reason.
+
+    instance: names a spout:/syphon:/ndi:/shm: URI without a NAME (it reads `instance.input_name`)."""
+    source_fit(uri)
     parsed = parse_uri(uri, "source")
-    return _SOURCES[parsed.scheme](parsed)
+    parsed = dataclasses.replace(parsed, query={k: v for k, v in parsed.query.items() if k != "fit"})
+    return _SOURCES[parsed.scheme](parsed, instance)
 
 
-def open_sink(uri: str) -> Sink:
-    """The Sink for `uri` (not yet opened). Raises DreamwireError / BridgeUnavailable with a one-line reason."""
+def open_sink(uri: str, instance: Instance = DEFAULT_INSTANCE) -> Sink:
+    """The Sink for `uri` (not yet opened). Raises DreamwireError / BridgeUnavailable with a one-line reason.
+
+    instance: names a spout:/syphon:/ndi:/shm: URI without a NAME (`instance.output_name`) and gives preview: its
+    port and page title."""
     parsed = parse_uri(uri, "sink")
-    return _SINKS[parsed.scheme](parsed)
+    return _SINKS[parsed.scheme](parsed, instance)
+
+
+def source_fit(uri: str) -> Fit:
+    """The `fit` key of a source URI (default stretch): how frames are brought to the engine's size."""
+    parsed = parse_uri(uri, "source")
+    mode = parsed.query.get("fit", "stretch")
+    if mode not in FITS:
+        raise DreamwireError(f"{parsed.scheme}: fit={mode!r} in {uri!r} is unknown; allowed: {', '.join(FITS)}")
+    return mode  # type: ignore[return-value]  # checked against FITS above
 
 
 # ---------------------------------------------------------------------------------------------------- factories
 
 
-def _pattern_source(u: ParsedUri) -> Source:
+def _pattern_source(u: ParsedUri, _instance: Instance) -> Source:
     from bridges.pattern import PatternSource
 
     u.no_path()
@@ -135,7 +166,7 @@ def _pattern_source(u: ParsedUri) -> Source:
     )
 
 
-def _file_source(u: ParsedUri) -> Source:
+def _file_source(u: ParsedUri, _instance: Instance) -> Source:
     from bridges.file import FileSource
 
     path = u.need_path("file:clip.mp4 or file:frames/ or file:clip.npy")
@@ -143,7 +174,7 @@ def _file_source(u: ParsedUri) -> Source:
     return FileSource(path, fps=u.number("fps", None, 0) or None, loop=u.flag("loop"))
 
 
-def _file_sink(u: ParsedUri) -> Sink:
+def _file_sink(u: ParsedUri, _instance: Instance) -> Sink:
     from bridges.file import FileSink
 
     path = u.need_path("file:out.mp4 or file:out.npy or file:frames/")
@@ -154,61 +185,81 @@ def _file_sink(u: ParsedUri) -> Sink:
     return FileSink(path, fps=fps)
 
 
-def _preview_sink(u: ParsedUri) -> Sink:
+def _preview_sink(u: ParsedUri, instance: Instance) -> Sink:
     from bridges.preview import PreviewSink
 
     u.no_path()
-    u.take({"port": "0..65535, default 8765", "window": "0 or 1 (1 is not built yet)"})
-    return PreviewSink(port=u.integer("port", 8765, 0, 65535), window=u.flag("window"))
+    port = instance.preview_port
+    u.take({"port": f"0..65535, default {port} (from the instance name)", "window": "0 or 1 (1 is not built yet)"})
+    return PreviewSink(port=u.integer("port", port, 0, 65535), window=u.flag("window"), title=instance.name)
+
+
+_SYSTEMS = {"win32": "Windows", "darwin": "macOS", "linux": "Linux"}
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (find_spec loads nothing)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
+        return False
 
 
 @dataclass(frozen=True)
 class _Platform:
-    """A bridge that lives in its own module and needs a platform package; imported only when used."""
+    """A bridge in its own module, imported only when used, that may need an OS and an optional package."""
 
     scheme: str
-    package: str  # what the user installs ("" = nothing)
-    extra: str  # pip extra, "" when only the standard library is needed
+    module: str  # import name of the package it needs ("" = the standard library is enough)
+    package: str  # the package's name on PyPI
+    extra: str  # the dreamwire extra that installs it
+    system: str | None = None  # the sys.platform it runs on; None = any
 
-    def __call__(self, u: ParsedUri, direction: Direction) -> Any:
-        module_name = f"bridges.{self.scheme}"
-        install = f"pip install 'dreamwire[{self.extra}]'" if self.extra else ""
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                hint = f": {install}" if install else ""
-                raise BridgeUnavailable(f"{self.scheme}: package {e.name!r} is missing ({self.package}){hint}") from e
-            needs = f"; it will need {self.package}" + (f" ({install})" if install else "") if self.package else ""
-            raise BridgeUnavailable(f"{self.scheme}: bridge is not built yet in this dreamwire{needs}") from e
-        factory: Callable[[str, dict[str, str]], Any] | None = getattr(module, f"{direction}_from_uri", None)
+    def check(self) -> None:
+        """One line naming the platform and the extra when this bridge cannot run here."""
+        install = f"pip install 'dreamwire[{self.extra}]'"
+        if self.system is not None and sys.platform != self.system:
+            here = _SYSTEMS.get(sys.platform, sys.platform)
+            raise BridgeUnavailable(
+                f"{self.scheme}: needs {_SYSTEMS[self.system]} (this is {here}) and the '{self.extra}' extra: {install}"
+            )
+        if self.module and not _installed(self.module):
+            raise BridgeUnavailable(
+                f"{self.scheme}: needs the '{self.extra}' extra ({self.package} is not installed): {install}"
+            )
+
+    def __call__(self, u: ParsedUri, direction: Direction, instance: Instance) -> Any:
+        self.check()
+        module = importlib.import_module(f"bridges.{self.scheme}")
+        factory: Callable[[ParsedUri, str], Any] | None = getattr(module, f"{direction}_from_uri", None)
         if factory is None:
             raise BridgeUnavailable(f"{self.scheme}: has no {direction} side (bridges/{self.scheme}.py)")
-        return factory(u.path, u.query)
+        return factory(u, instance.input_name if direction == "source" else instance.output_name)
 
 
-_SPOUT = _Platform("spout", "SpoutGL on Windows", "spout")
-_SYPHON = _Platform("syphon", "syphon-python on macOS", "syphon")
-_NDI = _Platform("ndi", "cyndilib", "ndi")
-_SHM = _Platform("shm", "", "")  # multiprocessing.shared_memory: nothing to install
-_CAMERA = _Platform("camera", "opencv-python-headless", "camera")
+_SPOUT = _Platform("spout", "SpoutGL", "SpoutGL", "spout", system="win32")
+_SYPHON = _Platform("syphon", "syphon", "syphon-python", "syphon", system="darwin")
+_NDI = _Platform("ndi", "cyndilib", "cyndilib", "ndi")
+_SHM = _Platform("shm", "", "", "")  # multiprocessing.shared_memory: nothing to install
+_CAMERA = _Platform("camera", "cv2", "opencv-python-headless", "camera")
 
-_SOURCES: dict[str, Callable[[ParsedUri], Source]] = {
+_Factory = Callable[[ParsedUri, Instance], Any]
+_SOURCES: dict[str, _Factory] = {
     "pattern": _pattern_source,
     "file": _file_source,
-    "camera": lambda u: _CAMERA(u, "source"),
-    "spout": lambda u: _SPOUT(u, "source"),
-    "syphon": lambda u: _SYPHON(u, "source"),
-    "ndi": lambda u: _NDI(u, "source"),
-    "shm": lambda u: _SHM(u, "source"),
+    "camera": lambda u, i: _CAMERA(u, "source", i),
+    "spout": lambda u, i: _SPOUT(u, "source", i),
+    "syphon": lambda u, i: _SYPHON(u, "source", i),
+    "ndi": lambda u, i: _NDI(u, "source", i),
+    "shm": lambda u, i: _SHM(u, "source", i),
 }
-_SINKS: dict[str, Callable[[ParsedUri], Sink]] = {
+_SINKS: dict[str, _Factory] = {
     "file": _file_sink,
     "preview": _preview_sink,
-    "spout": lambda u: _SPOUT(u, "sink"),
-    "syphon": lambda u: _SYPHON(u, "sink"),
-    "ndi": lambda u: _NDI(u, "sink"),
-    "shm": lambda u: _SHM(u, "sink"),
+    "spout": lambda u, i: _SPOUT(u, "sink", i),
+    "syphon": lambda u, i: _SYPHON(u, "sink", i),
+    "ndi": lambda u, i: _NDI(u, "sink", i),
+    "shm": lambda u, i: _SHM(u, "sink", i),
 }
 
 SOURCE_SCHEMES = tuple(sorted(_SOURCES))

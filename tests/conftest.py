@@ -108,3 +108,16 @@ def engine(tiny_models: Models) -> Iterator[Callable[..., LiveEngine]]:
     yield make
     for e in engines:
         e.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ndi_on_loopback(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """NDI discovery over loopback (no mDNS in CI): set before any test loads the NDI runtime (cyndilib)."""
+    import json
+    import os
+
+    if "NDI_CONFIG_DIR" not in os.environ:
+        folder = tmp_path_factory.mktemp("ndi")
+        config = {"ndi": {"networks": {"ips": "127.0.0.1", "discovery": ""}}}
+        (folder / "ndi-config.v1.json").write_text(json.dumps(config))
+        os.environ["NDI_CONFIG_DIR"] = str(folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from bridges.base import BridgeUnavailable, Source
 from bridges.pattern import PatternSource, pattern_image
-from bridges.uri import open_sink, open_source
+from bridges.uri import open_sink, open_source, source_fit
 from engine.core.errors import DreamwireError
 
 
@@ -70,8 +71,37 @@ def test_uri_errors_name_the_bad_value(uri, needle):
     assert needle in message and "\n" not in message
 
 
-@pytest.mark.parametrize("scheme", ["spout", "syphon", "ndi", "shm", "camera"])
-def test_platform_schemes_are_reserved_and_fail_clearly(scheme):
+@pytest.mark.parametrize(("scheme", "system"), [("spout", "Windows"), ("syphon", "macOS")])
+def test_platform_schemes_fail_clearly_elsewhere(scheme, system, monkeypatch):
+    monkeypatch.setattr("sys.platform", "linux")
     with pytest.raises(BridgeUnavailable) as info:
         open_source(f"{scheme}:")
-    assert str(info.value).startswith(f"{scheme}:") and "\n" not in str(info.value)
+    assert str(info.value) == (
+        f"{scheme}: needs {system} (this is Linux) and the '{scheme}' extra: pip install 'dreamwire[{scheme}]'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "module", "message"),
+    [
+        ("ndi:", "cyndilib", "ndi: needs the 'ndi' extra (cyndilib is not installed): pip install 'dreamwire[ndi]'"),
+        (
+            "camera:0",
+            "cv2",
+            "camera: needs the 'camera' extra (opencv-python-headless is not installed): "
+            "pip install 'dreamwire[camera]'",
+        ),
+    ],
+)
+def test_a_missing_extra_is_one_line_naming_it(uri, module, message, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
+    with pytest.raises(BridgeUnavailable) as info:
+        open_source(uri)
+    assert str(info.value) == message
+
+
+def test_every_source_takes_fit_and_only_known_fits():
+    assert source_fit("pattern:?fit=letterbox") == "letterbox" and source_fit("pattern:") == "stretch"
+    assert open_source("pattern:?fit=crop&width=32").width == 32  # fit never reaches the source
+    with pytest.raises(DreamwireError, match=r"pattern: fit='zoom' in 'pattern:\?fit=zoom' is unknown"):
+        open_source("pattern:?fit=zoom")

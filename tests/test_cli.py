@@ -94,3 +94,5 @@ def test_bench_json(capsys):
     assert ratios["self_vs_full_fps"] == pytest.approx(rows["cfg self"]["fps"] / rows["cfg full"]["fps"])
     batch, sequential = rows["stream batch"]["fps"], rows["sequential"]["fps"]
     assert ratios["stream_batch_vs_sequential_fps"] == pytest.approx(batch / sequential)
+    bridges = {cost["bridge"]: cost for cost in report["bridges"]["costs"]}
+    assert {"shm (RGB)", "shm (RGBA)"} <= set(bridges) and bridges["shm (RGB)"]["frames"] >= 100

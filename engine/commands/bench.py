@@ -282,6 +282,7 @@ def ratios(results: list[Measurement]) -> dict[str, float]:
 
 
 def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
+    from engine.commands.bench_bridges import bridge_costs
     from engine.commands.bench_live import loop_efficiency, memory_soak, prompt_change_frame_times
     from engine.commands.bench_osc import osc_benchmarks
 
@@ -296,6 +297,7 @@ def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
         "ratios": ratios(results),
         "prompt_changes": {**asdict(changes), "p99_over_median": changes.p99_over_median},
         "loop": loop_efficiency(models, preset, seconds=max(2.0, args.frames / 6)),
+        "bridges": bridge_costs(frames=max(100, 8 * args.frames)),
     }
     report["osc"] = osc_benchmarks(models, preset)
     if args.soak:
@@ -336,6 +338,10 @@ def format_report(results: list[Measurement], report: dict[str, Any]) -> str:
             f"ours {ref['ours_fps']:.1f} fps, reference {ref['reference_fps']:.1f} fps, ratio {ref['ratio']:.2f}x, "
             f"max |ours - reference| {ref['max_abs_diff']:.2e}"
         )
+    if "bridges" in report:
+        from engine.commands.bench_bridges import format_bridge_costs
+
+        lines += format_bridge_costs(report["bridges"])
     lines.append(f"device: {report['device']}, torch threads: {report['threads']}")
     return "\n".join(lines)
 

@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", help="source URI (overrides io.input), e.g. pattern:, file:clip.mp4")
     run.add_argument("--output", action="append", help="sink URI (repeatable; overrides io.outputs), e.g. preview:")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument(
+        "--name",
+        default="dreamwire",
+        help="instance name (default dreamwire): the default Spout/Syphon/NDI/shm sender names, the preview port "
+        "and page title derive from it, so instances with different names run side by side",
+    )
 
     bench = commands.add_parser("bench", help="measure fps, UNet rows and per-frame overhead")
     _preset_arguments(bench, "offline-demo")
@@ -107,8 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             render(preset, args.input, args.output, frames=args.frames)
         elif args.command == "run":
             from engine.commands.run import run_live
+            from engine.core.instance import instance
 
-            run_live(preset, args.duration)
+            run_live(preset, args.duration, instance(args.name))
         elif args.command == "bench":
             from engine.commands.bench import run_bench
 

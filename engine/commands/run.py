@@ -6,7 +6,9 @@ import logging
 import signal
 from types import FrameType
 
+from bridges.uri import open_sink, open_source
 from engine.config.schema import Preset
+from engine.core.instance import DEFAULT_INSTANCE, Instance
 from engine.live.loop import LiveEngine
 from engine.live.metrics import StatusLinePrinter
 from engine.live.osc_surface import OscSurface
@@ -14,8 +16,14 @@ from engine.live.osc_surface import OscSurface
 log = logging.getLogger(__name__)
 
 
-def run_live(preset: Preset, duration: float | None = None) -> None:
-    engine = LiveEngine(preset)
+def run_live(preset: Preset, duration: float | None = None, instance: Instance = DEFAULT_INSTANCE) -> None:
+    # Build (not open) every bridge first: a missing platform module or a bad URI fails in one line before the
+    # model loads. The engine builds its own when it starts.
+    open_source(preset.io.input, instance)
+    for uri in preset.io.outputs:
+        open_sink(uri, instance)
+    preset = with_instance_osc_ports(preset, instance)
+    engine = LiveEngine(preset, instance=instance)
     osc = start_osc(engine, preset)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -34,6 +42,18 @@ def run_live(preset: Preset, duration: float | None = None) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopped after %d frames", engine.frame_number)
+
+
+def with_instance_osc_ports(preset: Preset, instance: Instance) -> Preset:
+    """The instance's OSC and feedback ports (engine/core/instance.py), unless the preset or --set names them."""
+    given = preset.osc.model_fields_set
+    update: dict[str, object] = {}
+    if "port" not in given:
+        update["port"] = instance.osc_port
+    if "feedback" not in given and preset.osc.feedback:
+        host = preset.osc.feedback.rsplit(":", 1)[0]
+        update["feedback"] = f"{host}:{instance.osc_feedback_port}"
+    return preset.model_copy(update={"osc": preset.osc.model_copy(update=update)}) if update else preset
 
 
 def start_osc(engine: LiveEngine, preset: Preset) -> OscSurface | None:

@@ -159,10 +159,12 @@ class FilterConfig(Section):
 
 class IOConfig(Section):
     input: str = rebuild(
-        "pattern:", "Source URI (pattern:, file:PATH, camera:, spout:NAME, syphon:NAME, ndi:NAME).", apply="source"
+        "pattern:",
+        "Source URI (pattern:, file:PATH, camera:, spout:NAME, syphon:NAME, ndi:NAME, shm:NAME).",
+        apply="source",
     )
     outputs: list[str] = rebuild(
-        ["preview:"], "Sink URIs (preview:, file:PATH, spout:NAME, syphon:NAME, ndi:NAME).", apply="sinks"
+        ["preview:"], "Sink URIs (preview:, file:PATH, spout:NAME, syphon:NAME, ndi:NAME, shm:NAME).", apply="sinks"
     )
 
 

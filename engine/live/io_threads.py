@@ -21,6 +21,7 @@ import logging
 import threading
 
 from bridges.base import Sink, Source
+from bridges.pixels import FrameConformer
 from engine.core.frames import Frame
 from engine.core.slot import LatestFrameSlot
 
@@ -153,16 +154,24 @@ class SourceWorker(_BridgeWorker):
     """Reads `source` in its own thread and puts every frame in `slot` (latest wins).
 
     `finished` is set when the source reports the end of its stream (read() returned None); the thread then ends.
+    Every frame passes `conform` first (default: a check that converts to (H, W, 3) uint8 RGB): a frame it cannot
+    convert is dropped (one log line per streak), so nothing malformed reaches the engine.
     """
 
     kind = "source"
 
     def __init__(
-        self, source: Source, slot: LatestFrameSlot[Frame], backoff_start: float = 0.1, backoff_max: float = 5.0
+        self,
+        source: Source,
+        slot: LatestFrameSlot[Frame],
+        backoff_start: float = 0.1,
+        backoff_max: float = 5.0,
+        conform: FrameConformer | None = None,
     ) -> None:
         super().__init__(source, backoff_start, backoff_max)
         self._source = source
         self._slot = slot
+        self.conform = conform or FrameConformer(f"source {source.name}")
         self.finished = threading.Event()
 
     def _step(self) -> bool:
@@ -172,7 +181,9 @@ class SourceWorker(_BridgeWorker):
             log.info("source %s: end of stream after %d frames", self._source.name, self._frames)
             self.finished.set()
             return False
-        self._slot.put(frame)
+        image = self.conform(frame.image)
+        if image is not None:
+            self._slot.put(frame if image is frame.image else Frame(image, frame.index, frame.capture_time))
         self._succeeded()
         return True
 

@@ -31,11 +31,13 @@ from typing import Any, Literal
 import numpy as np
 
 from bridges.base import Sink, Source
-from bridges.uri import open_sink, open_source
+from bridges.pixels import FrameConformer
+from bridges.uri import open_sink, open_source, source_fit
 from engine.config.registry import registry
 from engine.config.schema import Preset
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
+from engine.core.instance import DEFAULT_INSTANCE, Instance
 from engine.core.slot import LatestFrameSlot
 from engine.live.blending import check_blend_weights
 from engine.live.controls import (
@@ -83,7 +85,8 @@ class _PendingPrompt:
 
 
 class LiveEngine:
-    def __init__(self, preset: Preset, models: Models | None = None) -> None:
+    def __init__(self, preset: Preset, models: Models | None = None, instance: Instance = DEFAULT_INSTANCE) -> None:
+        self.instance = instance  # default sender names and preview port of bridges (engine/core/instance.py)
         self.preset = preset.model_copy(deep=True)  # the values in effect
         self.requested = RequestedValues(preset)  # the values asked for (validated), ahead of the engine
         self.controls: queue.SimpleQueue[Control] = queue.SimpleQueue()
@@ -148,9 +151,9 @@ class LiveEngine:
         # io: build the bridges here (building opens nothing), so a bad URI is refused to the sender.
         bridges: tuple[Source | Sink, ...] = ()
         if spec.apply == "source":
-            bridges = (open_source(checked),)
+            bridges = (open_source(checked, self.instance),)
         elif spec.apply == "sinks":
-            bridges = tuple(open_sink(uri) for uri in checked)
+            bridges = tuple(open_sink(uri, self.instance) for uri in checked)
         return self._send(
             lambda rid: SetValue(path, self.requested.validate(path, value, request_id=rid), duration, bridges, rid)
         )
@@ -253,6 +256,8 @@ class LiveEngine:
         """Process the newest input (held during a rebuild; nothing while paused). False when no input came."""
         frames = self._take_input()
         if frames is None:
+            if self.source_worker is not None and self.source_worker.failing:
+                self._publish(self._last_outputs)  # the source is lost: keep the last frame going out until it's back
             return False
         if self._rebuild is not None:
             self._publish(self._last_outputs)  # keep sending the last frame until the new pipeline is ready
@@ -294,9 +299,9 @@ class LiveEngine:
 
     def start_io(self, source: Source | None = None, sinks: Sequence[Sink] | None = None) -> None:
         """Start the source and sink threads (from the preset's io URIs unless bridges are given)."""
-        self._swap_source(source or open_source(self.preset.io.input))
+        self._swap_source(source or open_source(self.preset.io.input, self.instance))
         if sinks is None:
-            self._swap_sinks([open_sink(uri) for uri in self.preset.io.outputs], self.preset.io.outputs)
+            self._swap_sinks([open_sink(uri, self.instance) for uri in self.preset.io.outputs], self.preset.io.outputs)
         else:
             self._swap_sinks(list(sinks), [sink.name for sink in sinks])
 
@@ -305,8 +310,15 @@ class LiveEngine:
         self.input_slot = LatestFrameSlot()
         self._collected = []
         self._seen_input, self._seen_dropped = 0, 0
-        self.source_worker = SourceWorker(source, self.input_slot)
+        # Frames are checked and brought to the stream's size (the URI's fit) on the source's thread.
+        conform = FrameConformer(f"source {source.name}", self._stream_size, source_fit(self.preset.io.input))
+        self.source_worker = SourceWorker(source, self.input_slot, conform=conform)
         self._swap_workers(old, [self.source_worker])
+
+    def _stream_size(self) -> tuple[int, int]:
+        """(height, width) of the stream, read by the source thread for every frame (a rebuild may change it)."""
+        stream = self.preset.stream
+        return stream.height, stream.width
 
     def _swap_sinks(self, sinks: list[Sink], uris: Sequence[str]) -> None:
         """The sinks for these URIs: one already running for a URI keeps running (a recording goes on in its

@@ -57,12 +57,12 @@ class OscSurface:
         self.server.start()
         self.query.start()
         if discovery:
-            self.advertisement = advertise("dreamwire", config.host, self.query.port, self.server.port)
+            self.advertisement = advertise(self.engine.instance.name, config.host, self.query.port, self.server.port)
 
     def host_info(self) -> dict[str, Any]:
         assert self.server is not None
         info: dict[str, Any] = {
-            "NAME": "dreamwire",
+            "NAME": self.engine.instance.name,  # --name: side-by-side instances tell apart
             "OSC_PORT": self.server.port,
             "OSC_TRANSPORT": "UDP",
             "EXTENSIONS": EXTENSIONS,

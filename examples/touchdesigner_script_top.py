@@ -1,0 +1,44 @@
+"""TouchDesigner Script TOP callbacks that show dreamwire's output, read from shared memory.
+
+In dreamwire:      dreamwire run --output shm:            (the segment is named after the instance: dreamwire)
+In TouchDesigner:  1. add this repository's examples/ folder to Edit > Preferences > Python 64-bit Module Path
+                      (examples/shm_reader.py needs only numpy, which TouchDesigner ships);
+                   2. create a Script TOP and paste this file into its callbacks DAT;
+                   3. on the Script TOP, set the custom parameter Segment (made by Setup Parameters) if the
+                      instance has another --name.
+
+Each cook copies the newest frame once; when dreamwire restarts or changes size, the reader attaches again.
+TouchDesigner's images start at the bottom row, dreamwire's at the top: the rows are flipped on the way in.
+"""
+
+# scriptOp (its par, appendCustomPage, copyNumpyArray) and absTime exist inside TouchDesigner only.
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from shm_reader import FrameReader
+
+_reader: FrameReader | None = None
+
+
+def onSetupParameters(scriptOp: Any) -> None:
+    page = scriptOp.appendCustomPage("dreamwire")
+    page.appendStr("Segment", label="Segment")[0].default = "dreamwire"
+
+
+def onCook(scriptOp: Any) -> None:
+    global _reader
+    _ = globals()["absTime"].frame  # a dependency on TouchDesigner's frame clock: this TOP cooks every frame
+    name = str(getattr(scriptOp.par, "Segment", None) or "dreamwire")
+    try:
+        if _reader is None or _reader.writer_closed:
+            if _reader is not None:
+                _reader.close()
+            _reader = FrameReader(name)
+    except (FileNotFoundError, ValueError):  # dreamwire is not running (yet): keep the last image, try next cook
+        _reader = None
+        return
+    image = _reader.latest()
+    if image is not None:
+        scriptOp.copyNumpyArray(np.ascontiguousarray(image[::-1]))  # bottom row first, as TouchDesigner wants

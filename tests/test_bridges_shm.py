@@ -1,0 +1,283 @@
+"""shm: bridge: frames cross to and from another process whole, the seqlock never hands out a torn frame, and the
+segment is removed when its writer closes."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bridges import shm
+from bridges.shm import ShmReader, ShmSink, ShmSource, ShmWriter
+from bridges.uri import open_sink, open_source
+from engine.core.errors import DreamwireError
+from engine.core.frames import Frame
+from engine.core.instance import instance
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+from shm_writer import gradient  # noqa: E402  # the example's frames: every pixel of frame i is known
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _name() -> str:
+    return f"dwt-{uuid.uuid4().hex[:10]}"
+
+
+def _index_of(image: np.ndarray) -> int:
+    """The gradient() frame index of `image` (its top-left red value), after checking every pixel matches."""
+    index = int(image[0, 0, 0])
+    np.testing.assert_array_equal(image, gradient(index, image.shape[1], image.shape[0]))
+    return index
+
+
+def _segment_exists(name: str) -> bool:
+    try:
+        segment = shm.attach(name)
+    except DreamwireError:
+        return False
+    segment.close()
+    return True
+
+
+def _wait_for_segment(name: str, timeout: float = 30.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while not _segment_exists(name):
+        assert time.perf_counter() < deadline, f"segment {name} never appeared"
+        time.sleep(0.05)
+
+
+def test_frames_reach_a_reader_in_another_process(tmp_path):
+    name, out = _name(), tmp_path / "read.npy"
+    sink = ShmSink(name)
+    sink.open()
+    stop = threading.Event()
+
+    def write() -> None:
+        index = 0
+        while not stop.is_set():
+            sink.write(Frame(gradient(index, 40, 30), index, 0.0))
+            index += 1
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        _wait_for_segment(name)
+        reader = [sys.executable, str(ROOT / "examples" / "shm_reader.py"), name, "--frames", "5", "--save", str(out)]
+        done = subprocess.run(reader, capture_output=True, text=True, timeout=60, check=False, env=ENV)
+    finally:
+        stop.set()
+        writer.join()
+        sink.close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    frames = np.load(out)
+    assert frames.shape == (5, 30, 40, 3)
+    indices = [_index_of(frame) for frame in frames]
+    assert indices == sorted(indices) and len(set(indices)) == 5  # each frame once, in order
+    assert not _segment_exists(name)  # the writer's close removed it
+
+
+def test_frames_from_a_writer_in_another_process_and_its_segment_goes_with_it():
+    name = _name()
+    command = [sys.executable, str(ROOT / "examples" / "shm_writer.py"), name, "--size", "64x48", "--fps", "100"]
+    writer = subprocess.Popen([*command, "--frames", "300"], env=ENV, stdout=subprocess.PIPE, text=True)
+    source = ShmSource(name, timeout=5.0)
+    try:
+        _wait_for_segment(name)
+        source.open()
+        frames = [source.read() for _ in range(5)]
+        indices = [_index_of(frame.image) for frame in frames]
+        assert indices == sorted(indices) and len(set(indices)) == 5
+        assert [frame.index for frame in frames] == [0, 1, 2, 3, 4]
+        assert writer.wait(timeout=60) == 0
+        with pytest.raises(shm.ShmClosed, match="closed it"):
+            source.read()
+        assert not _segment_exists(name)
+    finally:
+        source.close()
+        writer.kill()
+        writer.wait()
+
+
+_HAMMER = """
+import sys, time
+import numpy as np
+from bridges.shm import ShmWriter
+name, seconds = sys.argv[1], float(sys.argv[2])
+frames = [np.full((512, 512, 3), 0, np.uint8) + np.arange(512, dtype=np.uint8)[:, None, None] * 0 + k for k in range(8)]
+for k, frame in enumerate(frames):
+    frame[k * 64 : (k + 1) * 64] = 255 - k  # each frame differs in values and in which rows stand out
+writer = ShmWriter(name, 512, 512)
+end = time.perf_counter() + seconds
+while time.perf_counter() < end:
+    writer.write(frames[writer.frames % 8])
+print(writer.frames)
+writer.close()
+"""
+
+
+def _hammer_frame(k: int) -> np.ndarray:
+    frame = np.full((512, 512, 3), k, np.uint8)
+    frame[k * 64 : (k + 1) * 64] = 255 - k
+    return frame
+
+
+def test_no_torn_frames_while_reading_as_fast_as_possible():
+    """A writer process rewrites 512x512 frames at memory speed; every copy the reader keeps is one whole frame."""
+    name = _name()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _HAMMER, name, "4"], env=ENV, stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    expected = [_hammer_frame(k) for k in range(8)]
+    try:
+        _wait_for_segment(name)
+        reader = ShmReader(name)
+        reads, numbers, bad = 0, set(), 0
+        deadline = time.perf_counter() + 2.5
+        try:
+            while time.perf_counter() < deadline:
+                got = reader.read_new(0)  # the newest frame, every time: as many copies as we can make
+                if got is None:
+                    continue
+                n, image = got
+                reads += 1
+                numbers.add(n)
+                bad += not np.array_equal(image, expected[(n - 1) % 8])  # frame n was frames[(n - 1) % 8]
+        except shm.ShmClosed:
+            pass  # the writer finished early on a fast machine
+        finally:
+            reader.close()
+    finally:
+        written = int(writer.communicate(timeout=60)[0])
+    print(f"{reads} reads of {len(numbers)} distinct frames ({written} written); {reader.torn} laps retried")
+    assert bad == 0
+    assert reads > 100 and len(numbers) > 50
+
+
+def test_a_reader_lapped_by_the_writer_takes_the_newer_frame():
+    """Deterministic seqlock check: the writer writes two frames while the reader copies one."""
+    name = _name()
+    writer = ShmWriter(name, 8, 4)
+    reader = ShmReader(name)
+    try:
+        writer.write(gradient(0, 8, 4))  # frame 1 in slot 1
+        views = reader._views
+        real = views.slots
+
+        class Lapping:
+            def __init__(self, slot: np.ndarray, laps: list[int]) -> None:
+                self.slot, self.laps = slot, laps
+
+            def copy(self) -> np.ndarray:
+                image = self.slot.copy()
+                if not self.laps:
+                    self.laps.append(1)
+                    writer.write(gradient(1, 8, 4))  # frame 2, other slot
+                    writer.write(gradient(9, 8, 4))  # frame 3, the slot just copied: that copy is stale
+                return image
+
+        laps: list[int] = []
+        views.slots = [Lapping(real[0], laps), Lapping(real[1], laps)]
+        n, image = reader.read_new(0)
+        views.slots = real
+        assert (n, reader.torn) == (3, 1)
+        np.testing.assert_array_equal(image, gradient(9, 8, 4))
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_the_sink_recreates_its_segment_when_the_size_changes_and_removes_it_on_close():
+    name = _name()
+    sink = ShmSink(name, channels=4)
+    sink.open()
+    sink.write(Frame(gradient(3, 16, 8), 0, 0.0))
+    reader = ShmReader(name)
+    n, image = reader.read_new(0)
+    assert image.shape == (8, 16, 4) and (image[:, :, 3] == 255).all()
+    np.testing.assert_array_equal(image[:, :, :3], gradient(3, 16, 8))
+    sink.write(Frame(gradient(4, 32, 8), 1, 0.0))
+    with pytest.raises(shm.ShmClosed):
+        reader.read_new(n)
+    reader.close()
+    reader = ShmReader(name)
+    assert reader.shape == (8, 32, 4)
+    reader.close()
+    sink.close()
+    assert not _segment_exists(name)
+
+
+def _fake_segment(name: str, pid: int) -> shared_memory.SharedMemory:
+    """A segment as a writer `pid` would leave it (created by this process: shm.attach must not untrack it)."""
+    segment = shared_memory.SharedMemory(name, create=True, size=64 + 2 * 2 * 2 * 3)
+    shm._CREATED.add(name)
+    struct.pack_into("<4sHHIIIIII", segment.buf, 0, b"DWSM", 1, 64, 2, 2, 3, 1, shm.LIVE, pid)
+    return segment
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a segment outlives its writer only on POSIX")
+def test_a_segment_left_by_a_dead_writer_is_replaced_and_a_live_one_refused():
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    name = _name()
+    stale = _fake_segment(name, int(dead.stdout))
+    try:
+        writer = ShmWriter(name, 4, 4)  # the dead writer's segment is replaced
+        writer.write(gradient(0, 4, 4))
+        writer.close()
+    finally:
+        stale.close()
+    name = _name()
+    live = _fake_segment(name, os.getpid())
+    try:
+        with pytest.raises(DreamwireError, match=f"segment '{name}' is being written by process {os.getpid()}"):
+            ShmWriter(name, 4, 4)
+    finally:
+        live.close()
+        live.unlink()
+
+
+def test_a_source_without_new_frames_reports_the_writer_gone_and_picks_up_a_new_one():
+    name = _name()
+    writer = ShmWriter(name, 8, 8)
+    writer.write(gradient(1, 8, 8))
+    source = ShmSource(name, timeout=0.2)
+    source.open()
+    assert _index_of(source.read().image) == 1
+    with pytest.raises(DreamwireError, match=rf"no new frame in '{name}' for 0.2 s"):
+        source.read()
+    source.close()
+    source.open()  # re-opened on the same segment: the frame already delivered is not delivered again
+    with pytest.raises(DreamwireError, match="no new frame"):
+        source.read()
+    source.close()
+    writer.close()
+    with pytest.raises(DreamwireError, match=f"no segment named '{name}'"):
+        source.open()
+    writer = ShmWriter(name, 8, 8)  # a new writer: its first frame is new, whatever its number
+    writer.write(gradient(5, 8, 8))
+    source.open()
+    assert _index_of(source.read().image) == 5
+    source.close()
+    writer.close()
+
+
+def test_shm_uris_default_to_the_instance_names():
+    stage = instance("stage")
+    assert open_sink("shm:", stage).name == "shm:stage"
+    assert open_source("shm:", stage).name == "shm:stage-in"
+    assert open_sink("shm:mine?channels=4").name == "shm:mine"
+    with pytest.raises(DreamwireError, match=r"channels='5'"):
+        open_sink("shm:x?channels=5")
+    with pytest.raises(DreamwireError, match="segment name 'a/b' is invalid"):
+        open_sink("shm:a/b")
