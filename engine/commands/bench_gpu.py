@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
     report.data["total_s"] = budget.elapsed()
     report.write()
-    print(format_markdown(report.data))
+    print(format_markdown(report.data, profiles=False))
     return 0
 
 
@@ -635,7 +635,7 @@ def _start_watchdog(report: Report, budget: Budget) -> None:
         )
         report.data["total_s"] = budget.elapsed()
         report.write()
-        print(format_markdown(report.data), flush=True)
+        print(format_markdown(report.data, profiles=False), flush=True)
         os._exit(3)
 
     timer = threading.Timer(budget.seconds + WATCHDOG_GRACE_S, stop)
@@ -690,7 +690,9 @@ def summary_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_markdown(data: dict[str, Any]) -> str:
+def format_markdown(data: dict[str, Any], profiles: bool = True) -> str:
+    """The report as markdown; without the (long) profile sections for the terminal, where the table must be
+    the last thing printed."""
     env = data.get("env", {})
     device = env.get("gpu") or env.get("device", "?")
     lines = [
@@ -728,7 +730,15 @@ def format_markdown(data: dict[str, Any]) -> str:
     for kind in ("skipped", "errors"):
         if data.get(kind):
             lines += ["", f"## {kind}", ""] + [f"- {text}" for text in data[kind]]
-    for name, entries in data.get("profile", {}).items():
+    for name, entries in data.get("profile", {}).items() if not profiles else []:
+        for backend, a in entries.items():
+            kinds = ", ".join(f"{k} {v}" for k, v in list(a.get("kernel_us_per_frame_by_kind", {}).items())[:4])
+            lines.append(
+                f"- profile {name} {backend}: GPU busy {a.get('gpu_busy_us_per_frame', 0):.0f} us/frame, idle "
+                f"{a.get('gpu_idle_us_per_frame', 0):.0f} us/frame, "
+                f"{a.get('host_syncs_per_frame', 0):.1f} host syncs/frame; top kinds (us/frame): {kinds}"
+            )
+    for name, entries in data.get("profile", {}).items() if profiles else []:
         for backend, analysis in entries.items():
             lines += ["", f"## profile: {name}, {backend}", "", analysis.get("markdown", "")]
     return "\n".join(lines) + "\n"
