@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -232,6 +233,7 @@ def run(args: argparse.Namespace, report: Report, budget: Budget) -> None:
     # 2. The reference, same settings, its own process.
     if reference_folder is not None:
         _guarded(report, "reference", lambda: run_reference(report, budget, args, reference_folder, settings, device))
+        shutil.rmtree(reference_folder[0].parent, ignore_errors=True)  # gigabytes on the GPU machine's disk
     # 3. Where the time goes: a profile of img2img 1 step with the best backend so far (before the compiles,
     #    whose length is the least predictable part of the run).
     if not args.no_profile and settings:
