@@ -150,7 +150,9 @@ def test_mps_runs_the_eager_backend_logging_cpu_fallbacks(tiny_taesd_models):
     assert backends.name == "none" and isinstance(backends.unet, CpuFallbackLog) and isinstance(backends.vae, MpsVae)
 
 
-def test_cpu_fallbacks_are_logged_once_per_op_and_other_warnings_pass(caplog):
+def test_cpu_fallbacks_are_logged_once_per_op_and_other_warnings_pass(caplog, monkeypatch):
+    monkeypatch.setattr(CpuFallbackLog, "seen", set())
+
     def op():
         warnings.warn(
             "The operator 'aten::_upsample_bicubic2d_aa.out' is not currently supported on the MPS backend and "
