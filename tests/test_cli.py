@@ -59,7 +59,8 @@ def test_render_resizes_input_of_another_size(tmp_path, caplog):
         (["--set", "stream.t_index_list=[40,20]"], "must be strictly ascending"),
         (["--set", "stream.width=100"], "stream.width: 100 is not accepted: Input should be a multiple of 8"),
         (["--set", "model.id=/no/such/model"], "model folder not found: '/no/such/model'"),
-        (["--set", "stream.acceleration=tensorrt"], "TensorRT backend is not part of this build"),
+        (["--set", "stream.acceleration=tensorrt"], "pip install 'dreamwire[tensorrt]'"),
+        (["--set", "stream.cuda_graph=true"], "stream.cuda_graph needs a CUDA device (model.device is cpu)"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, caplog, extra, message):

@@ -130,7 +130,7 @@ def test_guidance_transition_moves_over_frames_and_ends_exactly(engine):
     seen = []
     for f in frames_of(clip(6)):
         live.apply_pending_controls()
-        seen.append(live.pipeline.guidance)
+        seen.append(float(live.pipeline.cfg.guidance))  # the device scalar the step reads
         live.process(f)
     assert seen[0] < seen[1] < seen[2] < 2.5 and seen[-1] == 2.5
 

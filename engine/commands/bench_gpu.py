@@ -10,7 +10,7 @@ p50/p95 frame time, NVML power and J/frame; the floor (encode + UNet + decode ba
 CUDA graph); the reference, timed by the same loop in its own process (its packages first on PYTHONPATH);
 then a torch.profiler trace of img2img 1 step with the best backend, read for launch gaps, host syncs,
 copies, casts and time per stage. Everything is written to DIR (results.json, results.md, profile_kernels.txt,
-profile_trace.json.gz) after each measurement, so a run cut short keeps what it measured; a watchdog ends the
+profile_trace_BACKEND.json.gz) after each measurement, so a run cut short keeps what it measured; a watchdog ends the
 run at the budget (plus a short grace) whatever is running. --tiny is the CPU dry run: the built-in tiny
 model at small sizes, same code paths (cuda_graph is skipped on a CPU, with the reason).
 """
@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
     report.data["total_s"] = budget.elapsed()
     report.write()
-    print(format_markdown(report.data))
+    print(format_markdown(report.data, profiles=False))
     return 0
 
 
@@ -231,7 +232,12 @@ def run(args: argparse.Namespace, report: Report, budget: Budget) -> None:
     # 2. The reference, same settings, its own process.
     if reference_folder is not None:
         _guarded(report, "reference", lambda: run_reference(report, budget, args, reference_folder, settings, device))
-    # 3. torch.compile: a minute or more per new shape, so as far as the budget goes, 512x512 first, and
+        shutil.rmtree(reference_folder[0].parent, ignore_errors=True)  # gigabytes on the GPU machine's disk
+    # 3. Where the time goes: a profile of img2img 1 step with the best backend so far (before the compiles,
+    #    whose length is the least predictable part of the run).
+    if not args.no_profile and settings:
+        _guarded(report, "profile", lambda: profile_best(report, budget, models, settings[0], args))
+    # 4. torch.compile: a minute or more per new shape, so as far as the budget goes, 512x512 first, and
     #    settings whose UNet shape is already compiled (txt2img-turbo after img2img) before new shapes.
     compile_backends = [b for b in ("compile", "compile+cuda_graph") if b in backends]
     compiled_shapes: set[tuple[int, int, int]] = set()
@@ -250,9 +256,9 @@ def run(args: argparse.Namespace, report: Report, budget: Budget) -> None:
                 compile_times.append(result["setup_s"])
                 compiled_shapes.add(shape)
         floor(report, budget, models, setting, "compile")
-    # 4. Where the time goes: a profile of img2img 1 step with the best backend.
+    # 5. If a compiled backend now leads, its profile too.
     if not args.no_profile and settings:
-        _guarded(report, "profile", lambda: profile_best(report, budget, models, settings[0], backends, args))
+        _guarded(report, "profile", lambda: profile_best(report, budget, models, settings[0], args))
 
 
 def _compile_order(settings: list[Setting]) -> list[Setting]:
@@ -486,33 +492,32 @@ def run_reference(
 # ---- the profile ---------------------------------------------------------------------------------------------
 
 
-def profile_best(
-    report: Report, budget: Budget, models: Models, setting: Setting, backends: list[str], args: argparse.Namespace
-) -> None:
-    """Profile `setting` with its fastest measured backend, and (for the stage split, which a graph replay
-    hides) the same acceleration without the graph."""
+def profile_best(report: Report, budget: Budget, models: Models, setting: Setting, args: argparse.Namespace) -> None:
+    """Profile `setting` with its fastest measured backend (unless it was profiled already) and, for the stage
+    split that a graph replay hides, the same acceleration without the graph."""
     measured = report.data["measurements"].get(setting.name, {})
     ranked = sorted((r["fps"], b) for b, r in measured.items() if isinstance(r, dict) and "fps" in r)
     if not ranked:
         report.note("skipped", f"profile: no backend measured for {setting.name}")
         return
     best = ranked[-1][1]
+    done = report.data["profile"].get(setting.name, {})
     runs = [best] + ([best.removesuffix("+cuda_graph").replace("cuda_graph", "eager")] if "cuda_graph" in best else [])
-    tables = []
-    for backend in runs:
+    for backend in [b for b in runs if b not in done]:
         if budget.remaining() < 12:
             report.note("skipped", f"profile {backend}: out of budget")
             break
         report.note("timeline", f"{budget.elapsed():.0f} s: profile {setting.name} {backend}")
-        analysis, table = _profile(models, setting, backend, args, report.out, keep_trace=backend == best)
+        trace = f"profile_trace_{backend.replace('+', '_')}.json.gz" if backend == best else None
+        analysis, table = _profile(models, setting, backend, args, report.out, trace)
         report.put("profile", setting.name, backend, analysis)
-        tables.append(f"## {setting.name}, {backend}\n\n{table}\n")
-        (report.out / "profile_kernels.txt").write_text("\n".join(tables))
+        with (report.out / "profile_kernels.txt").open("a") as kernels:
+            kernels.write(f"## {setting.name}, {backend}\n\n{table}\n\n")
         _free(models.device)
 
 
 def _profile(
-    models: Models, setting: Setting, backend: str, args: argparse.Namespace, out: Path, keep_trace: bool
+    models: Models, setting: Setting, backend: str, args: argparse.Namespace, out: Path, trace_name: str | None
 ) -> tuple[dict[str, Any], str]:
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -544,10 +549,10 @@ def _profile(
         trace = Path(folder) / "trace.json"
         prof.export_chrome_trace(str(trace))
         analysis = analyse_trace(trace, args.profile_frames)
-        if keep_trace:
-            with gzip.open(out / "profile_trace.json.gz", "wb") as packed:
+        if trace_name:
+            with gzip.open(out / trace_name, "wb") as packed:
                 packed.write(trace.read_bytes())
-    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90)
     analysis["markdown"] = format_analysis(analysis)
     return analysis, table
@@ -631,7 +636,7 @@ def _start_watchdog(report: Report, budget: Budget) -> None:
         )
         report.data["total_s"] = budget.elapsed()
         report.write()
-        print(format_markdown(report.data), flush=True)
+        print(format_markdown(report.data, profiles=False), flush=True)
         os._exit(3)
 
     timer = threading.Timer(budget.seconds + WATCHDOG_GRACE_S, stop)
@@ -686,7 +691,9 @@ def summary_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_markdown(data: dict[str, Any]) -> str:
+def format_markdown(data: dict[str, Any], profiles: bool = True) -> str:
+    """The report as markdown; without the (long) profile sections for the terminal, where the table must be
+    the last thing printed."""
     env = data.get("env", {})
     device = env.get("gpu") or env.get("device", "?")
     lines = [
@@ -724,7 +731,15 @@ def format_markdown(data: dict[str, Any]) -> str:
     for kind in ("skipped", "errors"):
         if data.get(kind):
             lines += ["", f"## {kind}", ""] + [f"- {text}" for text in data[kind]]
-    for name, entries in data.get("profile", {}).items():
+    for name, entries in data.get("profile", {}).items() if not profiles else []:
+        for backend, a in entries.items():
+            kinds = ", ".join(f"{k} {v}" for k, v in list(a.get("kernel_us_per_frame_by_kind", {}).items())[:4])
+            lines.append(
+                f"- profile {name} {backend}: GPU busy {a.get('gpu_busy_us_per_frame', 0):.0f} us/frame, idle "
+                f"{a.get('gpu_idle_us_per_frame', 0):.0f} us/frame, "
+                f"{a.get('host_syncs_per_frame', 0):.1f} host syncs/frame; top kinds (us/frame): {kinds}"
+            )
+    for name, entries in data.get("profile", {}).items() if profiles else []:
         for backend, analysis in entries.items():
             lines += ["", f"## profile: {name}, {backend}", "", analysis.get("markdown", "")]
     return "\n".join(lines) + "\n"

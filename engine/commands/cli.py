@@ -92,6 +92,8 @@ def entry() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if sys.platform == "darwin":  # read once, when torch loads: an op Metal lacks then runs on the CPU (logged once)
+        os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     _configure_logging(args.verbose)
     try:
         if args.command == "engines":  # its verbs load a preset only where they need one

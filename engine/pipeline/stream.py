@@ -27,7 +27,7 @@ from engine.backends.select import make_step_runner, select_backends
 from engine.config.schema import FilterConfig, PromptConfig, StreamConfig, check_t_index_list
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy, GuidanceScalars, guided_unet_rows, select_cfg
-from engine.pipeline.codec import make_codec
+from engine.pipeline.codec import KLCodec, make_codec
 from engine.pipeline.image import FrameLoader, HostFrames
 from engine.pipeline.models import Models
 from engine.pipeline.schedule import SlotTables, build_slot_tables, slot_rows
@@ -52,13 +52,13 @@ class StreamPipeline:
         self.latent_shape = (codec.latent_channels, stream.height // s, stream.width // s)  # (C, h, w)
         # Latent rows per UNet call (before CFG): all slots at once, or one slot at a time.
         self.unet_rows = self.slots * self.frames if stream.use_denoising_batch else self.frames
-        # How a step's model part runs (one CUDA graph replay, or call by call), chosen once.
-        self._run = make_step_runner(stream, self._model_step, self._state_kept, self.device)
-        if stream.cuda_graph and stream.mode == "img2img" and hasattr(codec, "generator"):
+        if stream.cuda_graph and stream.mode == "img2img" and isinstance(codec, KLCodec):
             raise DreamwireError(
                 "stream.cuda_graph needs a deterministic VAE encoder (TAESD, e.g. model.vae=madebyollin/taesd): "
                 "AutoencoderKL samples its latent with a CPU generator, which a CUDA graph cannot replay"
             )
+        # How a step's model part runs (one CUDA graph replay, or call by call), chosen once.
+        self._run = make_step_runner(stream, self._model_step, self._state_kept, self.device)
         backends = select_backends(
             stream,
             models.config,
