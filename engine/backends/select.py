@@ -86,15 +86,15 @@ def _tensorrt_unet(
 ) -> UNetBackend:
     try:  # lazily: tensorrt is an optional extra, and its import is slow
         from engine.backends.engine_cache import engine_spec
-        from engine.backends.tensorrt import build_unet_backend
-
-        if model is None:
-            raise DreamwireError("the TensorRT engine key needs the model's config: load the models with load_models")
-        return build_unet_backend(unet, engine_spec(model, stream, unet_rows, dtype, device))
+        from engine.backends.tensorrt import build_unet_backend, import_tensorrt
     except ImportError as error:
         raise DreamwireError(
             f"the TensorRT backend is not installed ({error}): {TENSORRT_EXTRA}, matched to torch's CUDA version"
         ) from error
+    import_tensorrt()  # the package first: without it no other fix helps (a one-line error naming the extra)
+    if model is None:
+        raise DreamwireError("the TensorRT engine key needs the model's config: load the models with load_models")
+    return build_unet_backend(unet, engine_spec(model, stream, unet_rows, dtype, device))
 
 
 def make_step_runner(
