@@ -10,6 +10,7 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import SIZE, clip
@@ -265,6 +266,23 @@ def test_a_source_slower_than_the_wait_still_fills_a_batch(engine):
         assert time.perf_counter() < deadline, "no step ran: the collected frames were dropped"
         live.apply_pending_controls()
         live.step()
+
+
+def test_a_batch_never_mixes_frame_sizes_when_the_source_changes_size(engine):
+    """Frames collected before a size change (a rebuild to another size: the source thread conforms frames to
+    the stream's new size) are dropped, not stacked with the new ones (np.stack raised and ended the loop)."""
+    from engine.core.slot import LatestFrameSlot
+
+    live = engine(frame_buffer_size=2)
+    live.input_slot = LatestFrameSlot()
+    small, large = clip(1)[0], np.zeros((SIZE * 2, SIZE * 2, 3), np.uint8)
+    live.input_slot.put(Frame(small, 0, time.perf_counter()))
+    assert live._take_input() is None  # one of two collected; the wait ran out
+    live.input_slot.put(Frame(large, 1, time.perf_counter()))
+    assert live._take_input() is None  # the older size is dropped: still one of two
+    live.input_slot.put(Frame(large, 2, time.perf_counter()))
+    frames = live._take_input()
+    assert frames is not None and [frame.index for frame in frames] == [1, 2]
 
 
 def test_a_reset_keeps_the_blends_in_effect_and_the_schedule(engine):

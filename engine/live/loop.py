@@ -379,6 +379,8 @@ class LiveEngine:
             self._count_input()
             if frame is None:
                 return None
+            if self._collected and self._collected[0].image.shape != frame.image.shape:
+                self._collected = []  # the source's size changed (a rebuild to another size): one size per batch
             self._collected.append(frame)
         frames, self._collected = self._collected[-f:], []
         return frames
