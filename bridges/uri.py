@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -98,6 +100,8 @@ def parse_uri(uri: str, direction: Direction) -> ParsedUri:
     path, _, query_text = rest.partition("?")
     if path.startswith("//"):
         path = path[2:]
+    if sys.platform == "win32" and re.match(r"/[A-Za-z]:[/\\]", path):
+        path = path[1:]  # file:///C:/clips/a.mp4 names C:/clips/a.mp4
     try:
         pairs = parse_qsl(query_text, keep_blank_values=True, strict_parsing=bool(query_text))
     except ValueError as e:
