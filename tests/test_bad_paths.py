@@ -31,15 +31,13 @@ def _npy(path: Path, array: np.ndarray | None = None) -> Path:
     return path
 
 
-def _truncated(path: Path, keep: int) -> Path:
-    data = _npy(path).read_bytes()
-    path.write_bytes(data[:keep])
-    return path
-
-
-def _file_bytes(path: Path, data: bytes) -> Path:
+def _file(path: Path, data: bytes = b"not a clip\n") -> Path:
     path.write_bytes(data)
     return path
+
+
+def _truncated(path: Path, keep: int) -> Path:
+    return _file(path, _npy(path).read_bytes()[:keep])
 
 
 def _png_folder_with_a_broken_image(folder: Path) -> Path:
@@ -58,15 +56,10 @@ def _dir(path: Path) -> Path:
     return path
 
 
-def _file(path: Path) -> Path:
-    path.write_text("not a clip\n", encoding="utf-8")
-    return path
-
-
 # name: (make the input in tmp, the text the one error line must hold)
 BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "missing": (lambda t: t / "none.npy", "input not found"),
-    "empty .npy": (lambda t: _file_bytes(t / "empty.npy", b""), "empty file"),
+    "empty .npy": (lambda t: _file(t / "empty.npy", b""), "empty file"),
     "truncated .npy data": (lambda t: _truncated(t / "cut.npy", 500), "not a readable .npy file"),
     "truncated .npy header": (lambda t: _truncated(t / "cut.npy", 20), "not a readable .npy file"),
     "not an .npy": (lambda t: _file(t / "text.npy"), "no NUMPY header"),
