@@ -11,9 +11,11 @@ frames and write .npy as (N, H, W, 3) float32 in [0, 1], PNG folders as frame_00
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
+import tempfile
 from collections.abc import Generator
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 _NPY_DTYPES = (np.uint8, np.float32, np.float64)
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 def _kind(path: Path) -> str:
@@ -75,14 +78,29 @@ def clip_length(path: str | os.PathLike[str]) -> int | None:
         container.close()
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    """Memory-mapped (N, H, W, 3) array, validated; float ranges are checked over the whole file once."""
+def _reason(error: BaseException) -> str:
+    """The OS's words for an I/O error ("No space left on device"), without the errno and path prefix."""
+    return (error.strerror if isinstance(error, OSError) else None) or str(error) or type(error).__name__
+
+
+def _require_file(path: Path) -> None:
+    if path.is_dir():
+        raise DreamwireError(f"clip {path}: is a folder, not a file")
     if not path.is_file():
         raise DreamwireError(f"clip {path}: file not found")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """Memory-mapped (N, H, W, 3) array, validated; float ranges are checked over the whole file once."""
+    _require_file(path)
     try:
+        with open(path, "rb") as file:
+            magic = file.read(len(_NPY_MAGIC))
+        if magic != _NPY_MAGIC:  # else np.load takes it for a pickle and says so, which misleads
+            raise DreamwireError(f"clip {path}: {'empty file' if not magic else 'not an .npy file (no NUMPY header)'}")
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DreamwireError(f"clip {path}: not a readable .npy file ({e})") from e
+    except (OSError, ValueError, EOFError) as e:  # EOFError/ValueError: a truncated header or data
+        raise DreamwireError(f"clip {path}: not a readable .npy file ({_reason(e)})") from e
     if array.ndim != 4 or array.shape[-1] != 3:
         raise DreamwireError(f"clip {path}: shape {tuple(array.shape)} is not (N, H, W, 3) RGB")
     if array.dtype not in _NPY_DTYPES:
@@ -108,24 +126,37 @@ def _iter_npy(array: np.ndarray) -> Generator[np.ndarray, None, None]:
 def _image_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         kinds = " ".join(sorted(VIDEO_SUFFIXES))
-        raise DreamwireError(f"clip {folder}: no such folder (and not a .npy or a video file: {kinds})")
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        what = "is a file, not a folder" if folder.exists() else "no such folder"
+        raise DreamwireError(f"clip {folder}: {what} (and not a .npy or a video file: {kinds})")
+    try:
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    except OSError as e:
+        raise DreamwireError(f"clip {folder}: folder cannot be read ({_reason(e)})") from e
     if not files:
         raise DreamwireError(f"clip {folder}: folder has no PNG/JPEG images")
     return files
 
 
+def _read_image(file: Path) -> np.ndarray:
+    try:
+        with Image.open(file) as img:
+            return np.asarray(img.convert("RGB"))
+    except OSError as e:
+        raise DreamwireError(f"clip image {file}: cannot be read ({_reason(e)})") from e
+
+
 def _iter_images(files: list[Path]) -> Generator[np.ndarray, None, None]:
-    size: tuple[int, int] | None = None
+    """The first image is decoded now (a folder of junk fails before any work), the rest as they are asked for."""
+    first = _read_image(files[0])
+    return _iter_more_images(first, files[1:])
+
+
+def _iter_more_images(first: np.ndarray, files: list[Path]) -> Generator[np.ndarray, None, None]:
+    size = first.shape[:2]
+    yield first
     for file in files:
-        try:
-            with Image.open(file) as img:
-                image = np.asarray(img.convert("RGB"))
-        except OSError as e:
-            raise DreamwireError(f"clip image {file}: cannot be read ({e})") from e
-        if size is None:
-            size = image.shape[:2]
-        elif image.shape[:2] != size:
+        image = _read_image(file)
+        if image.shape[:2] != size:
             raise DreamwireError(
                 f"clip image {file}: size {image.shape[1]}x{image.shape[0]} differs from the first "
                 f"image's {size[1]}x{size[0]}"
@@ -136,11 +167,10 @@ def _iter_images(files: list[Path]) -> Generator[np.ndarray, None, None]:
 def _open_video(path: Path) -> Any:
     import av  # lazy: PyAV loads FFmpeg's shared libraries
 
-    if not path.is_file():
-        raise DreamwireError(f"clip {path}: file not found")
+    _require_file(path)
     try:
         container = av.open(str(path))
-    except av.FFmpegError as e:
+    except (av.FFmpegError, OSError) as e:
         raise DreamwireError(f"clip {path}: cannot be opened as video ({e})") from e
     if not container.streams.video:
         container.close()
@@ -154,7 +184,7 @@ def _iter_video(path: Path, container: Any) -> Generator[np.ndarray, None, None]
     try:
         for frame in container.decode(container.streams.video[0]):
             yield frame.to_ndarray(format="rgb24")
-    except av.FFmpegError as e:
+    except (av.FFmpegError, OSError) as e:
         raise DreamwireError(f"clip {path}: decoding failed ({e})") from e
     finally:
         container.close()
@@ -166,6 +196,9 @@ def _iter_video(path: Path, container: Any) -> Generator[np.ndarray, None, None]
 class ClipWriter:
     """Writes frames to .npy / a video / a PNG folder (by suffix of `path`); use as a context manager or close().
 
+    The location is checked when the writer is made (folders created, a probe file written and removed), so a
+    path that can't be written fails before any frame is computed. Every I/O failure is a one-line
+    DreamwireError naming the path and the OS's reason.
     A .npy is streamed to `<name>.npy.part` and renamed on close, so a crash never leaves a half-written .npy.
     Videos need even sizes (yuv420p): odd frames are padded by one edge row/column, with one warning.
     """
@@ -181,10 +214,47 @@ class ClipWriter:
         self._npy: _NpyStream | None = None
         self._video: _VideoStream | None = None
         self._closed = False
+        self._created: Path | None = None  # the outermost folder this writer created (removed again if unused)
+        self._check_location()
+
+    def _check_location(self) -> None:
+        """Fail now, one line, when the output can't be written: nothing is computed and then lost."""
         if self._kind == "folder":
-            self.path.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and not self.path.is_dir():
+                raise DreamwireError(f"clip {self.path}: is a file, not a folder (a .npy or video name writes a file)")
+            folder = self.path
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_dir():
+                raise DreamwireError(f"clip {self.path}: is a folder, not a file")
+            folder = self.path.parent
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise DreamwireError(f"clip {self.path}: {blocker} is not a folder, so none can be made in it")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DreamwireError(f"clip {self.path}: cannot create the folder {folder} ({_reason(e)})") from e
+        self._created = missing[-1] if missing else None
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".dreamwire-probe-"):
+                pass
+        except OSError as e:
+            self._remove_created_folders()
+            raise DreamwireError(f"clip {self.path}: cannot write in {folder} ({_reason(e)})") from e
+
+    def _remove_created_folders(self) -> None:
+        """Undo the folders made by _check_location when nothing was written into them."""
+        if self._created is None:
+            return
+        folder = self.path if self._kind == "folder" else self.path.parent
+        for path in (folder, *folder.parents):
+            try:
+                path.rmdir()  # only an empty folder
+            except OSError:
+                return
+            if path == self._created:
+                return
 
     def write(self, image: np.ndarray) -> None:
         """image: (H, W, 3) uint8, or float32/float64 in [0, 1] (clipped); every frame must have the same size."""
@@ -202,17 +272,20 @@ class ClipWriter:
                 f"clip {self.path}: frame size {hw[1]}x{hw[0]} differs from the first frame's "
                 f"{self._shape[1]}x{self._shape[0]}"
             )
-        if self._kind == "npy":
-            if self._npy is None:
-                self._npy = _NpyStream(self.path, hw)
-            frame = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else np.clip(image, 0.0, 1.0)
-            self._npy.write(frame.astype(np.float32, copy=False))
-        elif self._kind == "video":
-            if self._video is None:
-                self._video = _VideoStream(self.path, hw, self.fps)
-            self._video.write(_to_uint8(image))
-        else:
-            Image.fromarray(_to_uint8(image)).save(self.path / f"frame_{self.count:06d}.png")
+        try:
+            if self._kind == "npy":
+                if self._npy is None:
+                    self._npy = _NpyStream(self.path, hw)
+                frame = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else np.clip(image, 0.0, 1.0)
+                self._npy.write(frame.astype(np.float32, copy=False))
+            elif self._kind == "video":
+                if self._video is None:
+                    self._video = _VideoStream(self.path, hw, self.fps)
+                self._video.write(_to_uint8(image))
+            else:
+                Image.fromarray(_to_uint8(image)).save(self.path / f"frame_{self.count:06d}.png")
+        except OSError as e:  # a full disk, a removed drive, a quota
+            raise DreamwireError(f"clip {self.path}: writing frame {self.count} failed ({_reason(e)})") from e
         self.count += 1
 
     def close(self) -> None:
@@ -220,11 +293,17 @@ class ClipWriter:
         if self._closed:
             return
         self._closed = True
-        if self._npy is not None:
-            self._npy.finish()
-        if self._video is not None:
-            self._video.finish()
+        try:
+            if self._npy is not None:
+                self._npy.finish()
+            if self._video is not None:
+                self._video.finish()
+        except OSError as e:
+            if self._npy is not None:
+                self._npy.discard()
+            raise DreamwireError(f"clip {self.path}: finishing the file failed ({_reason(e)})") from e
         if self.count == 0 and self._kind != "folder":
+            self._remove_created_folders()
             log.warning("clip %s: no frames were written, so no file was created", self.path)
 
     def abort(self) -> None:
@@ -235,7 +314,12 @@ class ClipWriter:
         if self._npy is not None:
             self._npy.discard()
         if self._video is not None:
-            self._video.finish()
+            try:
+                self._video.finish()
+            except OSError as e:  # already failing: the first error is the one that is reported
+                log.warning("clip %s: closing the video after an error failed too (%s)", self.path, _reason(e))
+        if self.count == 0:
+            self._remove_created_folders()
 
     def __enter__(self) -> ClipWriter:
         return self
@@ -286,8 +370,11 @@ class _NpyStream:
         os.replace(self.part, self.path)
 
     def discard(self) -> None:
-        self.file.close()
-        self.part.unlink(missing_ok=True)
+        """Best effort after a failure: closing can fail again (buffered bytes on a full disk)."""
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(OSError):
+            self.part.unlink(missing_ok=True)
 
 
 class _VideoStream:
@@ -331,11 +418,18 @@ class _VideoStream:
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts = self.count  # in units of 1/rate
         frame.time_base = 1 / self.rate
-        self.container.mux(self.stream.encode(frame))
+        try:
+            self.container.mux(self.stream.encode(frame))
+        except av.FFmpegError as e:  # PyAV's I/O errors are not all OSErrors
+            raise OSError(f"video encoder: {e}") from e
         self.count += 1
 
     def finish(self) -> None:
+        import av
+
         try:
             self.container.mux(self.stream.encode(None))  # flush frames the encoder still holds (B-frames)
+        except av.FFmpegError as e:
+            raise OSError(f"video encoder: {e}") from e
         finally:
             self.container.close()

@@ -15,6 +15,7 @@ import errno
 import html
 import io
 import logging
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -159,6 +160,9 @@ class PreviewSink:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # client threads never keep the process alive
+    # SO_REUSEADDR lets a quick restart rebind a port in TIME_WAIT; on Windows it would also let a second server
+    # bind a port that is in use, silently, instead of failing with "in use".
+    allow_reuse_address = sys.platform != "win32"
     sink: PreviewSink
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import importlib
 import importlib.util
 import math
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,6 +114,8 @@ def parse_uri(uri: str, direction: Direction) -> ParsedUri:
     path, _, query_text = rest.partition("?")
     if path.startswith("//"):
         path = path[2:]
+    if sys.platform == "win32" and re.match(r"/[A-Za-z]:[/\\]", path):
+        path = path[1:]  # file:///C:/clips/a.mp4 names C:/clips/a.mp4
     try:
         pairs = parse_qsl(query_text, keep_blank_values=True, strict_parsing=bool(query_text))
     except ValueError as e:

@@ -126,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DreamwireError as error:
         log.error("%s", error)
         return 2
+    except OSError as error:  # an I/O failure that no command put in its own words: still one line, exit 2
+        log.error("%s", error)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -1,9 +1,11 @@
-"""`dreamwire run`: the live engine on this thread until Ctrl-C, SIGTERM or --duration; exit 0 on a clean stop."""
+"""`dreamwire run`: the live engine on this thread until Ctrl-C, SIGTERM (Ctrl-Break on Windows) or --duration;
+exit 0 on a clean stop."""
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 from types import FrameType
 
 from bridges.uri import open_sink, open_source
@@ -30,7 +32,7 @@ def run_live(preset: Preset, duration: float | None = None, instance: Instance =
         log.info("%s: stopping", signal.Signals(signum).name)
         engine.stop()
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop) for sig in stop_signals()}
     status = StatusLinePrinter(engine.metrics)
     status.start()
     try:
@@ -65,3 +67,12 @@ def start_osc(engine: LiveEngine, preset: Preset) -> OscSurface | None:
     except BaseException:
         engine.close()
         raise
+
+
+def stop_signals() -> list[signal.Signals]:
+    """The signals that stop `run` cleanly: Ctrl-C (SIGINT) everywhere; on Windows Ctrl-Break (SIGBREAK) too,
+    and not SIGTERM, which nothing delivers there (a kill is TerminateProcess, which no handler sees); on
+    Linux and macOS SIGTERM (kill, systemd, docker stop)."""
+    if sys.platform == "win32":
+        return [signal.SIGINT, signal.SIGBREAK]
+    return [signal.SIGINT, signal.SIGTERM]

@@ -24,7 +24,10 @@ def read_preset_file(name_or_path: str) -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise DreamwireError(f"preset file not found: {name_or_path!r}")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise DreamwireError(f"preset file {name_or_path!r} cannot be read as UTF-8 text ({error})") from error
     else:
         packaged = resources.files("presets").joinpath(f"{name_or_path}.yaml")
         if not packaged.is_file():
