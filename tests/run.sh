@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README): installs what the suite needs on a fresh machine, then runs it.
 # torch is pinned to 2.13.0 so that pip takes the CPU wheel on CPU-only machines that carry it; every other
-# package the suite installs is held at the version in constraints/ci.txt (constraints/refresh.sh rewrites it).
+# package the suite installs is held at the version in tests/constraints/ci.txt (tests/constraints/refresh.sh rewrites it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The preview test drives a real browser; Debian's chromium is the one that runs headless here. apt installs it
@@ -12,7 +12,7 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   browser=$!
   trap 'wait "$browser"' EXIT  # never leave apt running behind a failed pip install
 fi
-python3 -m pip install -q -c constraints/ci.txt torch==2.13.0 -e ".[dev]"
+python3 -m pip install -q -c tests/constraints/ci.txt torch==2.13.0 -e ".[dev]"
 if [ -n "$browser" ]; then
   wait "$browser"
   trap - EXIT

@@ -1,5 +1,5 @@
 """The test run is reproducible: every dependency of the project and of its `dev` extra has an exact pin in
-constraints/ci.txt (written by constraints/refresh.sh), and each pin lies inside the project's own range."""
+tests/constraints/ci.txt (written by tests/constraints/refresh.sh), and each pin lies inside the project's own range."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-CONSTRAINTS = ROOT / "constraints" / "ci.txt"
+CONSTRAINTS = ROOT / "tests" / "constraints" / "ci.txt"
 
 
 def normalise(name: str) -> str:
@@ -42,7 +42,7 @@ def unpinned(requirements: list[str], constraints: str) -> list[str]:
     for text in requirements:
         requirement = Requirement(text)
         if requirement.marker is not None and not requirement.marker.evaluate({"extra": "dev"}):
-            continue  # for another platform: this file is made on Linux (see constraints/refresh.sh)
+            continue  # for another platform: this file is made on Linux (see tests/constraints/refresh.sh)
         version = pins.get(normalise(requirement.name))
         if version is None:
             problems.append(f"{requirement.name}: no == pin")
@@ -60,12 +60,12 @@ def test_every_dependency_and_dev_extra_is_pinned_in_the_constraints():
     requirements = _project_requirements()
     assert any(Requirement(r).name == "torch" for r in requirements)  # the list really was read
     problems = unpinned(requirements, CONSTRAINTS.read_text(encoding="utf-8"))
-    assert not problems, f"run `bash constraints/refresh.sh` and commit constraints/ci.txt: {problems}"
+    assert not problems, f"run `bash tests/constraints/refresh.sh` and commit tests/constraints/ci.txt: {problems}"
 
 
 def test_constraints_are_exact_and_portable():
     pins, bad = parse_pins(CONSTRAINTS.read_text(encoding="utf-8"))
-    assert not bad, f"constraints/ci.txt lines that are not name==version: {bad}"
+    assert not bad, f"tests/constraints/ci.txt lines that are not name==version: {bad}"
     assert "dreamwire" not in pins  # the project itself is installed from the checkout
     assert not [name for name in pins if name.startswith("nvidia-") or name == "triton"]  # CUDA-only wheels
     assert pins["torch"] == Version("2.13.0") and pins["torch"].local is None  # +cpu exists on Linux only
