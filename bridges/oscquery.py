@@ -181,8 +181,8 @@ def advertise(name: str, host: str, query_port: int, osc_port: int) -> Advertise
     ]
     try:
         instance = zeroconf.Zeroconf(interfaces=interfaces)
-    except OSError as error:
-        log.warning("mDNS: discovery is off (%s)", error)
+    except Exception as error:  # optional discovery: whatever the network stack says, the show goes on
+        log.warning("mDNS: discovery is off (%s: %s)", type(error).__name__, error)
         return None
     return Advertisement(instance, infos)
 
