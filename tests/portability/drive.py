@@ -31,7 +31,7 @@ def project_modules() -> list[str]:
 def main() -> None:
     work = Path(sys.argv[1])
     report: dict[str, Any] = {
-        "platform": sys.platform,
+        "platform": next(name for name in ("win32", "darwin", "linux") if sys.platform == name),  # as ours sees it
         "hidden": sorted(name for name in ("resource", "fcntl", "termios") if sys.modules.get(name, 0) is None),
     }
     modules = project_modules()
