@@ -23,6 +23,15 @@ Segment layout (little-endian; a 64-byte header, then two pixel slots):
     48     16     reserved, 0
     64     W·H·C  slot 0, then slot 1: rows top to bottom, channels interleaved
 
+Publishing the header: a new segment is all zero (the OS zero-fills it). The writer fills in every field above
+except the magic, then stores the magic last, as one aligned 4-byte store. A reader attaches, reads the magic
+first and alone, then the rest:
+    magic all zero (or a segment of 0 bytes: POSIX sizes it just after creating it): not ready yet, the writer is
+        starting; wait a moment (a few ms) and attach again. dreamwire's reader waits up to 1 s (READY_WAIT_S).
+    magic b"DWSM": read the other fields; a version, header size or dtype other than the above is a newer or
+        foreign layout: a one-line error, never a wait.
+    any other magic: not a dreamwire segment (another program's, with the same name): a one-line error.
+
 Reading (a seqlock over two slots): read s, take n = s // 2, copy slot n % 2, read s again; the copy is whole
 unless s reached 2n + 3 meanwhile (the writer began frame n + 2 in that same slot): then read again. The writer
 never waits for a reader, and a reader only retries when the writer laps it.
@@ -49,19 +58,27 @@ from engine.core.frames import Frame
 log = logging.getLogger(__name__)
 
 MAGIC = b"DWSM"
+NOT_PUBLISHED = b"\0\0\0\0"  # the magic of a segment whose writer has not finished its header yet
 VERSION = 1
 HEADER_BYTES = 64
 DTYPE_UINT8 = 1
 LIVE, CLOSED = 1, 2
-_STATIC = struct.Struct("<4sHHIIII")  # magic, version, header size, width, height, channels, dtype (offsets 0..23)
+_MAGIC = struct.Struct("<4s")  # offset 0: read first and alone (the writer stores it last)
+_FIELDS = struct.Struct("<HHIIII")  # version, header size, width, height, channels, dtype (offsets 4..23)
 _STATE, _PID, _SEQUENCE, _SEGMENT_ID = 24, 28, 32, 40
 POLL_S = 0.0005  # seconds between checks for a new frame while reading
+READY_WAIT_S = 1.0  # how long a reader waits for a new segment's header (a writer publishes it within microseconds)
+HEADER_POLL_S = 0.002  # seconds between looks at a header that is not published yet
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,30}")
 _CREATED: set[str] = set()  # segments this process created (and its resource tracker removes if it dies)
 
 
 class ShmClosed(DreamwireError):
     """The writer closed the segment (it stopped or changed size)."""
+
+
+class ShmNotReady(DreamwireError):
+    """The segment exists but its writer has not published the header yet (a zero magic, or 0 bytes)."""
 
 
 def check_name(name: str) -> str:
@@ -78,6 +95,8 @@ def attach(name: str) -> shared_memory.SharedMemory:
         segment = shared_memory.SharedMemory(name)
     except FileNotFoundError:
         raise DreamwireError(f"shm: no segment named {name!r} (is its writer running?)") from None
+    except ValueError:  # "cannot mmap an empty file": POSIX creates the segment, then sizes it
+        raise ShmNotReady(f"shm: segment {name!r} is still being created (0 bytes)") from None
     if os.name == "posix" and name not in _CREATED:
         # Before 3.13 attaching registers the segment for removal when this process exits (CPython gh-82300).
         from multiprocessing import resource_tracker
@@ -109,14 +128,16 @@ class ShmWriter:
             raise DreamwireError(f"shm: channels={channels} is invalid: use 3 (RGB) or 4 (RGBA)")
         self.name, self.shape = check_name(name), (height, width, channels)
         size = HEADER_BYTES + 2 * height * width * channels
-        self._segment = _create(self.name, size)
+        self._segment = _create(self.name, size)  # all zero: readers wait while the magic is zero
         buf = self._segment.buf
-        _STATIC.pack_into(buf, 0, MAGIC, VERSION, HEADER_BYTES, width, height, channels, DTYPE_UINT8)
+        _FIELDS.pack_into(buf, _MAGIC.size, VERSION, HEADER_BYTES, width, height, channels, DTYPE_UINT8)
         struct.pack_into("<IIQQ", buf, _STATE, LIVE, os.getpid() & 0xFFFFFFFF, 0, secrets.randbits(64))
         self._views: _Views | None = _Views(self._segment, self.shape)
         if channels == 4:
             for slot in self._views.slots:
                 slot[:, :, 3] = 255  # alpha is constant: written once, so each frame copies only RGB
+        # Published last, in one aligned 4-byte store: a reader that sees the magic sees every field before it.
+        np.ndarray((1,), "<u4", buffer=buf, offset=0)[0] = int.from_bytes(MAGIC, "little")
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
@@ -160,12 +181,23 @@ def _create(name: str, size: int) -> shared_memory.SharedMemory:
 
 
 def _replace_stale(name: str, size: int) -> shared_memory.SharedMemory:
-    old = attach(name)
     try:
-        magic, state, pid = bytes(old.buf[:4]), *struct.unpack_from("<II", old.buf, _STATE)
-    finally:
-        old.close()
-    if magic == MAGIC and state == LIVE and _alive(pid):
+        old = attach(name)
+    except ShmNotReady:  # 0 bytes: a writer between creating and sizing it, or one that died there
+        magic, state, pid = NOT_PUBLISHED, 0, 0
+    else:
+        try:
+            if old.size < HEADER_BYTES:
+                magic, state, pid = b"?", 0, 0
+            else:
+                magic, state, pid = _MAGIC.unpack_from(old.buf)[0], *struct.unpack_from("<II", old.buf, _STATE)
+        finally:
+            old.close()
+    if magic not in (MAGIC, NOT_PUBLISHED):
+        raise DreamwireError(
+            f"shm: a segment named {name!r} exists and is not a dreamwire frame segment: use another shm:NAME"
+        )
+    if state == LIVE and pid and _alive(pid):  # a zero magic here is a live writer still publishing its header
         raise DreamwireError(
             f"shm: segment {name!r} is being written by process {pid}: another dreamwire with the same name? "
             "(use another shm:NAME or --name)"
@@ -198,19 +230,51 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _attach_published(name: str) -> tuple[shared_memory.SharedMemory, tuple[int, int, int]]:
+    """The segment and its (width, height, channels), once its header is published; ShmNotReady before that."""
+    segment = attach(name)
+    try:
+        if segment.size < HEADER_BYTES:
+            raise DreamwireError(f"shm: segment {name!r} is not a dreamwire frame segment ({segment.size} bytes)")
+        (magic,) = _MAGIC.unpack_from(segment.buf)  # first and alone: every other field is written before it
+        if magic == NOT_PUBLISHED:
+            raise ShmNotReady(f"shm: segment {name!r} has no header yet")
+        if magic != MAGIC:
+            raise DreamwireError(f"shm: segment {name!r} is not a dreamwire frame segment (magic {magic!r})")
+        version, header, width, height, channels, dtype = _FIELDS.unpack_from(segment.buf, _MAGIC.size)
+        if (version, header, dtype) != (VERSION, HEADER_BYTES, DTYPE_UINT8):
+            raise DreamwireError(
+                f"shm: segment {name!r} has layout version {version} (header {header} bytes, dtype {dtype}); "
+                f"this dreamwire reads version {VERSION} ({HEADER_BYTES} bytes, dtype {DTYPE_UINT8})"
+            )
+        if channels not in (3, 4) or segment.size < HEADER_BYTES + 2 * width * height * channels:
+            raise DreamwireError(f"shm: segment {name!r} header says {width}x{height}x{channels}: larger than it is")
+    except BaseException:
+        segment.close()
+        raise
+    return segment, (width, height, channels)
+
+
 class ShmReader:
     """Attaches to segment `name`; read_new() returns the newest complete frame once."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, wait: float = READY_WAIT_S) -> None:
+        """Waits up to `wait` seconds for a new segment's header (ShmNotReady after that); a segment that is not
+        ours, or not our version, is refused at once."""
         self.name = check_name(name)
-        self._segment = attach(self.name)
-        magic, version, header, width, height, channels, dtype = _STATIC.unpack_from(self._segment.buf, 0)
-        if magic != MAGIC or version != VERSION or header != HEADER_BYTES or dtype != DTYPE_UINT8:
-            self._segment.close()
-            raise DreamwireError(f"shm: segment {name!r} is not a dreamwire frame segment (version {VERSION})")
-        if channels not in (3, 4) or self._segment.size < HEADER_BYTES + 2 * width * height * channels:
-            self._segment.close()
-            raise DreamwireError(f"shm: segment {name!r} header says {width}x{height}x{channels}: larger than it is")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._segment, (width, height, channels) = _attach_published(self.name)
+                break
+            except ShmNotReady:
+                if time.monotonic() >= deadline:
+                    raise ShmNotReady(
+                        f"shm: segment {name!r} exists, but its writer has not written the header within {wait:g} s "
+                        "(still starting, or it died while starting)"
+                    ) from None
+                log.debug("shm %s: the writer has not published the header yet; waiting", name)
+                time.sleep(HEADER_POLL_S)
         self.shape = (height, width, channels)
         self._views: _Views | None = _Views(self._segment, self.shape)
         self.segment_id = self._views.segment_id

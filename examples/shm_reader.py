@@ -7,6 +7,8 @@
 This file does not import dreamwire, so a tool with its own Python (TouchDesigner: see
 examples/touchdesigner_script_top.py) can use it as it is. The layout it reads is documented in bridges/shm.py:
 a 64-byte header, then two pixel slots written seqlock-style, so a reader never keeps a half-written frame.
+The writer stores the header's magic last: a segment whose magic is still zero is "not ready yet" (FrameReader
+waits for it up to `wait` seconds, then raises HeaderNotReady), any other magic is "not ours" (ValueError).
 """
 
 from __future__ import annotations
@@ -21,25 +23,69 @@ from multiprocessing import shared_memory
 import numpy as np
 
 MAGIC, VERSION, HEADER_BYTES, LIVE = b"DWSM", 1, 64, 1
+NOT_PUBLISHED = b"\0\0\0\0"  # the magic of a segment whose writer is still writing the header
+
+
+class HeaderNotReady(Exception):
+    """The segment exists, but its writer has not written the header yet: attach again in a moment."""
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """Map segment `name` (FileNotFoundError if there is none) without removing it when this process exits."""
+    try:
+        if sys.version_info >= (3, 13):
+            return shared_memory.SharedMemory(name, track=False)
+        segment = shared_memory.SharedMemory(name)
+    except ValueError:  # "cannot mmap an empty file": POSIX creates a segment, then sizes it
+        raise HeaderNotReady(f"shared memory {name!r} is still being created") from None
+    if os.name == "posix":  # else this process would remove the writer's segment when it exits
+        from multiprocessing import resource_tracker
+
+        resource_tracker.unregister(segment._name, "shared_memory")
+    return segment
+
+
+def _read_header(segment: shared_memory.SharedMemory, name: str) -> tuple[int, int, int]:
+    """(height, width, channels) of a published header; HeaderNotReady or ValueError (not ours) otherwise."""
+    if segment.size < HEADER_BYTES:
+        raise ValueError(f"shared memory {name!r} is not a dreamwire frame segment ({segment.size} bytes)")
+    (magic,) = struct.unpack_from("<4s", segment.buf)  # first and alone: the writer stores it last
+    if magic == NOT_PUBLISHED:
+        raise HeaderNotReady(f"shared memory {name!r}: its writer has not written the header yet")
+    if magic != MAGIC:
+        raise ValueError(f"shared memory {name!r} is not a dreamwire frame segment (magic {magic!r})")
+    version, header, width, height, channels, _dtype = struct.unpack_from("<HHIIII", segment.buf, 4)
+    if (version, header) != (VERSION, HEADER_BYTES):
+        raise ValueError(f"shared memory {name!r} has dreamwire layout version {version}; this reads {VERSION}")
+    if channels not in (3, 4) or segment.size < HEADER_BYTES + 2 * width * height * channels:
+        raise ValueError(f"shared memory {name!r}: its header says {width}x{height}x{channels}, larger than it is")
+    return height, width, channels
 
 
 class FrameReader:
-    """Attach to segment `name`; latest() returns each new frame once, as (H, W, C) uint8 (C = 3 RGB or 4 RGBA)."""
+    """Attach to segment `name`; latest() returns each new frame once, as (H, W, C) uint8 (C = 3 RGB or 4 RGBA).
 
-    def __init__(self, name: str) -> None:
-        if sys.version_info >= (3, 13):
-            self.segment = shared_memory.SharedMemory(name, track=False)
-        else:
-            self.segment = shared_memory.SharedMemory(name)
-            if os.name == "posix":  # else this process would remove the writer's segment when it exits
-                from multiprocessing import resource_tracker
+    A segment whose writer is still starting is waited for up to `wait` seconds (0: not at all, for a caller
+    that tries again later, like a TouchDesigner cook), then HeaderNotReady. A segment that is not dreamwire's:
+    ValueError. No segment: FileNotFoundError.
+    """
 
-                resource_tracker.unregister(self.segment._name, "shared_memory")
-        magic, version, header, width, height, channels, _dtype = struct.unpack_from("<4sHHIIII", self.segment.buf)
-        if (magic, version, header) != (MAGIC, VERSION, HEADER_BYTES):
-            self.segment.close()
-            raise ValueError(f"shared memory {name!r} is not a dreamwire frame segment (version {VERSION})")
-        self.shape = (height, width, channels)
+    def __init__(self, name: str, wait: float = 1.0) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.segment = _attach(name)
+                try:
+                    self.shape = _read_header(self.segment, name)
+                except BaseException:
+                    self.segment.close()
+                    raise
+                break
+            except HeaderNotReady:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.002)
+        height, width, channels = self.shape
         size = height * width * channels
         buf = self.segment.buf
         self._state = np.ndarray((1,), "<u4", buffer=buf, offset=24)

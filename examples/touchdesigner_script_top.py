@@ -7,7 +7,9 @@ In TouchDesigner:  1. add this repository's examples/ folder to Edit > Preferenc
                    3. on the Script TOP, set the custom parameter Segment (made by Setup Parameters) if the
                       instance has another --name.
 
-Each cook copies the newest frame once; when dreamwire restarts or changes size, the reader attaches again.
+Each cook copies the newest frame once; when dreamwire restarts or changes size, the reader attaches again. A cook
+never waits: while dreamwire is not running, or is still writing the segment's header, the TOP keeps its last
+image and tries again on the next cook; a segment of that name that is not dreamwire's is a warning on the TOP.
 TouchDesigner's images start at the bottom row, dreamwire's at the top: the rows are flipped on the way in.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from shm_reader import FrameReader
+from shm_reader import FrameReader, HeaderNotReady
 
 _reader: FrameReader | None = None
 
@@ -35,9 +37,13 @@ def onCook(scriptOp: Any) -> None:
         if _reader is None or _reader.writer_closed:
             if _reader is not None:
                 _reader.close()
-            _reader = FrameReader(name)
-    except (FileNotFoundError, ValueError):  # dreamwire is not running (yet): keep the last image, try next cook
+            _reader = FrameReader(name, wait=0)
+    except (FileNotFoundError, HeaderNotReady):  # dreamwire is not running, or still starting: try next cook
         _reader = None
+        return
+    except ValueError as error:  # a segment of that name that is not dreamwire's (or another layout version)
+        _reader = None
+        scriptOp.addWarning(str(error))
         return
     image = _reader.latest()
     if image is not None:

@@ -3,6 +3,7 @@ segment is removed when its writer closes."""
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import subprocess
@@ -25,6 +26,7 @@ from engine.core.instance import instance
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+from shm_reader import FrameReader, HeaderNotReady  # noqa: E402  # the numpy-only reader (TouchDesigner's too)
 from shm_writer import gradient  # noqa: E402  # the example's frames: every pixel of frame i is known
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -51,6 +53,8 @@ def _segment_exists(name: str) -> bool:
 
 
 def _wait_for_segment(name: str, timeout: float = 30.0) -> None:
+    """Until the segment exists: deliberately not until its header is published, so that the readers under test
+    meet a segment that is still being created, as a reader started with its writer does."""
     deadline = time.perf_counter() + timeout
     while not _segment_exists(name):
         assert time.perf_counter() < deadline, f"segment {name} never appeared"
@@ -281,3 +285,194 @@ def test_shm_uris_default_to_the_instance_names():
         open_sink("shm:x?channels=5")
     with pytest.raises(DreamwireError, match="segment name 'a/b' is invalid"):
         open_sink("shm:a/b")
+
+
+def _zeroed_segment(name: str, width: int, height: int) -> shared_memory.SharedMemory:
+    """A segment the size ShmWriter makes, all zero: as it is between its creation and the writer's header."""
+    segment = shared_memory.SharedMemory(name, create=True, size=shm.HEADER_BYTES + 2 * width * height * 3)
+    shm._CREATED.add(name)  # created by this process: attaching must not untrack it
+    return segment
+
+
+class _OnLog(logging.Handler):
+    """Calls `action` once, on the first record of logger bridges.shm whose message contains `text`."""
+
+    def __init__(self, text: str, action) -> None:
+        super().__init__(logging.DEBUG)
+        self.text, self.action, self.fired = text, action, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.fired and self.text in record.getMessage():
+            self.fired = True
+            self.action()
+
+
+def test_a_reader_that_attaches_before_the_header_is_written_waits_for_it_then_reads_frames(monkeypatch, caplog):
+    """Issue 21: the segment exists before its header does. The reader attaches in between and finds it all zero;
+    the writer publishes the header while the reader waits; the reader then reads frames (on the old code it
+    refused the segment as "not a dreamwire frame segment")."""
+    name = _name()
+    segment = _zeroed_segment(name, 8, 4)
+    monkeypatch.setattr(shm, "_create", lambda _name, _size: segment)  # the writer fills this very segment
+    writers: list[ShmWriter] = []
+
+    def publish() -> None:  # runs while the reader waits: the writer finishes starting, and writes a frame
+        writers.append(ShmWriter(name, 8, 4))
+        writers[0].write(gradient(3, 8, 4))
+
+    caplog.set_level(logging.DEBUG, logger="bridges.shm")
+    handler = _OnLog("has not published the header yet", publish)
+    logging.getLogger("bridges.shm").addHandler(handler)
+    try:
+        reader = ShmReader(name)
+    finally:
+        logging.getLogger("bridges.shm").removeHandler(handler)
+    try:
+        assert handler.fired and writers  # the reader did attach before the header, and waited for it
+        assert reader.shape == (4, 8, 3)
+        n, image = reader.read_new(0)
+        assert n == 1 and _index_of(image) == 3
+        writers[0].write(gradient(4, 8, 4))
+        n, image = reader.read_new(n)
+        assert n == 2 and _index_of(image) == 4
+        assert "not a dreamwire" not in caplog.text
+    finally:
+        reader.close()
+        for writer in writers:
+            writer.close()
+        segment.close()
+
+
+def test_not_ready_waits_and_says_so_not_ours_is_refused_at_once(caplog):
+    caplog.set_level(logging.DEBUG, logger="bridges.shm")
+    name = _name()
+    segment = _zeroed_segment(name, 2, 2)
+    try:
+        with pytest.raises(shm.ShmNotReady, match=f"segment '{name}' exists, but its writer has not written the"):
+            ShmReader(name, wait=0.05)
+        assert "has not published the header yet" in caplog.text  # it waited
+        caplog.clear()
+        segment.buf[:4] = b"XXXX"  # another program's segment with the same name
+        with pytest.raises(
+            DreamwireError, match=rf"segment '{name}' is not a dreamwire frame segment \(magic b'XXXX'\)"
+        ):
+            ShmReader(name, wait=30)
+        with pytest.raises(DreamwireError, match=f"a segment named '{name}' exists and is not a dreamwire frame"):
+            ShmWriter(name, 2, 2)  # and a writer leaves it alone
+        struct.pack_into("<4sH", segment.buf, 0, b"DWSM", 2)  # a newer dreamwire's layout
+        with pytest.raises(DreamwireError, match=r"has layout version 2 .*this dreamwire reads version 1"):
+            ShmReader(name, wait=30)
+        assert "has not published the header yet" not in caplog.text  # neither was waited for
+    finally:
+        segment.close()
+        segment.unlink()
+        shm._CREATED.discard(name)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm to make a 0-byte segment by hand")
+def test_a_segment_not_sized_yet_is_not_ready():
+    """POSIX creates a segment, then sizes it: in between it has 0 bytes, which cannot be mapped."""
+    name = _name()
+    path = Path("/dev/shm", name)
+    path.touch()
+    try:
+        with pytest.raises(shm.ShmNotReady, match=r"has not written the header within 0\.01 s"):
+            ShmReader(name, wait=0.01)
+        with pytest.raises(HeaderNotReady):
+            FrameReader(name, wait=0)
+    finally:
+        path.unlink()
+
+
+def _retrack(name: str) -> None:
+    """The example reader untracks the segment it attaches to (right in its own process); here the segment is
+    this process's, whose writer unlinks it later: track it again so the resource tracker stays balanced."""
+    if os.name == "posix":
+        from multiprocessing import resource_tracker
+
+        resource_tracker.register(f"/{name}", "shared_memory")
+
+
+def _published_on(segment: shared_memory.SharedMemory, monkeypatch: pytest.MonkeyPatch) -> ShmWriter:
+    """A ShmWriter that publishes its header on `segment` (created earlier, all zero)."""
+    monkeypatch.setattr(shm, "_create", lambda _name, _size: segment)
+    return ShmWriter(segment.name.lstrip("/"), 8, 4)
+
+
+def test_the_numpy_only_reader_tells_not_ready_from_not_ours(monkeypatch):
+    name = _name()
+    segment = _zeroed_segment(name, 8, 4)
+    writer = None
+    try:
+        with pytest.raises(HeaderNotReady):
+            FrameReader(name, wait=0)  # a TouchDesigner cook: no wait, try again next cook
+        with pytest.raises(HeaderNotReady):
+            FrameReader(name, wait=0.02)
+        writer = _published_on(segment, monkeypatch)
+        writer.write(gradient(7, 8, 4))
+        reader = FrameReader(name, wait=0)
+        _retrack(name)
+        assert reader.shape == (4, 8, 3) and _index_of(reader.latest()) == 7
+        reader.close()
+    finally:
+        if writer is not None:
+            writer.close()
+        segment.close()
+    name = _name()
+    segment = _zeroed_segment(name, 8, 4)
+    try:
+        segment.buf[:4] = b"XXXX"  # another program's segment with that name
+        with pytest.raises(ValueError, match=rf"'{name}' is not a dreamwire frame segment \(magic b'XXXX'\)"):
+            FrameReader(name, wait=30)
+        _retrack(name)
+    finally:
+        segment.close()
+        segment.unlink()
+        shm._CREATED.discard(name)
+
+
+class _ScriptTop:
+    """The parts of TouchDesigner's scriptOp that examples/touchdesigner_script_top.py uses."""
+
+    def __init__(self, segment: str) -> None:
+        self.par = type("Par", (), {"Segment": segment})()
+        self.images: list[np.ndarray] = []
+        self.warnings: list[str] = []
+
+    def copyNumpyArray(self, image: np.ndarray) -> None:  # TouchDesigner's name
+        self.images.append(image)
+
+    def addWarning(self, text: str) -> None:
+        self.warnings.append(text)
+
+
+def test_the_touchdesigner_script_top_waits_for_a_starting_writer_and_warns_about_a_foreign_segment(monkeypatch):
+    import touchdesigner_script_top as script
+
+    monkeypatch.setattr(script, "absTime", type("AbsTime", (), {"frame": 1})(), raising=False)
+    monkeypatch.setattr(script, "_reader", None)
+    name = _name()
+    top = _ScriptTop(name)
+    script.onCook(top)  # no segment yet: nothing, no warning
+    segment = _zeroed_segment(name, 8, 4)
+    writer = None
+    try:
+        script.onCook(top)  # the header is not written yet: nothing, no warning, no wait
+        assert top.images == [] and top.warnings == []
+        writer = _published_on(segment, monkeypatch)
+        writer.write(gradient(2, 8, 4))
+        script.onCook(top)
+        _retrack(name)
+        assert len(top.images) == 1 and _index_of(top.images[0][::-1]) == 2 and top.warnings == []  # bottom row first
+        writer._views.state[0] = shm.CLOSED  # the writer stops, and another program takes the name
+        segment.buf[:4] = b"XXXX"
+        script.onCook(top)
+        _retrack(name)
+        assert top.warnings == [f"shared memory '{name}' is not a dreamwire frame segment (magic b'XXXX')"]
+        assert script._reader is None
+    finally:
+        if script._reader is not None:
+            script._reader.close()
+        if writer is not None:
+            writer.close()
+        segment.close()
