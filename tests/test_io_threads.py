@@ -127,7 +127,10 @@ def test_stop_interrupts_backoff_and_closes():
     sink = RecordingSink(open_failures=10**6)
     worker = SinkWorker(sink, LatestFrameSlot(), backoff_start=30.0)
     worker.start()
-    time.sleep(0.05)
+    deadline = time.perf_counter() + 30.0
+    while sink.closes < 1:  # the failed open is closed just before the backoff: wait for that, not a fixed time
+        assert time.perf_counter() < deadline, "the worker never tried to open the sink"
+        time.sleep(0.002)
     start = time.perf_counter()
     assert worker.stop(timeout=1.0)
     assert time.perf_counter() - start < 1.0  # the 30 s backoff was interrupted

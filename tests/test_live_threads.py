@@ -74,13 +74,21 @@ def test_sigterm_stops_cleanly_and_the_file_is_complete(tmp_path):
     ]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=os.getcwd())
     assert process.stderr is not None
-    for line in process.stderr:  # wait until frames flow
-        if "running:" in line:
-            break
-    time.sleep(2.0)
+    log: list[str] = []
+    reader = threading.Thread(target=lambda: log.extend(process.stderr), daemon=True)  # keeps the pipe drained
+    reader.start()
+    # Wait until two frames are in the file ("running:" is logged before the first frame, and a fixed sleep after
+    # it may be too short on a loaded machine): a 128-byte .npy header, then 64x64x3 float32 frames.
+    part, two_frames = out.with_name(out.name + ".part"), 128 + 2 * 64 * 64 * 3 * 4
+    deadline = time.perf_counter() + 120
+    while not (part.exists() and part.stat().st_size >= two_frames):
+        assert time.perf_counter() < deadline and process.poll() is None, "".join(log)[-2000:]
+        time.sleep(0.05)
     sent = time.perf_counter()
     process.send_signal(signal.SIGTERM)
-    rest = process.communicate(timeout=30)[1]
+    process.wait(timeout=30)
+    reader.join(timeout=30)
+    rest = "".join(log)
     stop_seconds = time.perf_counter() - sent
     assert process.returncode == 0, rest
     print(f"stopped {stop_seconds:.2f} s after SIGTERM")
