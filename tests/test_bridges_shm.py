@@ -246,9 +246,20 @@ def test_a_segment_left_by_a_dead_writer_is_replaced_and_a_live_one_refused():
     try:
         with pytest.raises(DreamwireError, match=f"segment '{name}' is being written by process {os.getpid()}"):
             ShmWriter(name, 4, 4)
+        live.buf[:4] = bytes(4)  # a live writer that has not published its magic yet is refused too
+        with pytest.raises(DreamwireError, match=f"segment '{name}' is being written by process {os.getpid()}"):
+            ShmWriter(name, 4, 4)
     finally:
         live.close()
         live.unlink()
+    name = _name()
+    unpublished = _zeroed_segment(name, 4, 4)  # a writer that died between creating the segment and its header
+    try:
+        writer = ShmWriter(name, 4, 4)
+        writer.write(gradient(0, 4, 4))
+        writer.close()
+    finally:
+        unpublished.close()
 
 
 def test_a_source_without_new_frames_reports_the_writer_gone_and_picks_up_a_new_one():
