@@ -262,7 +262,7 @@ class ShmReader:
         """Waits up to `wait` seconds for a new segment's header (ShmNotReady after that); a segment that is not
         ours, or not our version, is refused at once."""
         self.name = check_name(name)
-        deadline = time.monotonic() + wait
+        deadline, waited = time.monotonic() + wait, False
         while True:
             try:
                 self._segment, (width, height, channels) = _attach_published(self.name)
@@ -273,7 +273,9 @@ class ShmReader:
                         f"shm: segment {name!r} exists, but its writer has not written the header within {wait:g} s "
                         "(still starting, or it died while starting)"
                     ) from None
-                log.debug("shm %s: the writer has not published the header yet; waiting", name)
+                if not waited:
+                    log.debug("shm %s: the writer has not published the header yet; waiting", name)
+                    waited = True
                 time.sleep(HEADER_POLL_S)
         self.shape = (height, width, channels)
         self._views: _Views | None = _Views(self._segment, self.shape)
