@@ -66,6 +66,7 @@ def test_ctrl_c_and_ctrl_break_stop_run_cleanly_on_windows(tmp_path, key, sent):
     out, log = tmp_path / "out.npy", tmp_path / "stderr.txt"
     command = [sys.executable, "-m", "engine.commands.cli", "run", "--preset", "offline-demo"]
     command += ["--set", "stream.width=64", "--set", "stream.height=64", "--input", "pattern:?width=64&height=64"]
+    command += ["--set", "osc.port=0"]  # any free port: never collide with a dreamwire already on 9000
     with open(log, "w", encoding="utf-8") as stderr:
         process = subprocess.Popen([*command, "--output", f"file:{out}"], env=_env("win32"), stderr=stderr, cwd=ROOT)
         try:

@@ -62,6 +62,7 @@ def main() -> None:
         report["bench_measurements"] = len(json.loads(bench_out.getvalue())["measurements"])
 
     run = ["run", "--preset", "offline-demo", *SIZE, "--input", "pattern:?width=64&height=64&fps=30"]
+    run += ["--set", "osc.port=0"]  # any free port: a dreamwire already on 9000 (or another test's) is no failure
     codes["run"] = dreamwire([*run, "--output", f"file:{work / 'run.npy'}", "--duration", "2"])
     report["run_frames"] = len(np.load(work / "run.npy"))
     report["codes"] = codes
