@@ -191,7 +191,7 @@ def wait_until_quiet(live: LiveEngine, stream: Stream, events: list[EngineEvent]
     deadline = time.perf_counter() + timeout
     while True:
         answered = {e.request_id for e in list(events)}
-        idle = live.controls.empty() and not live._pending and live._rebuild is None and len(live.transitions) == 0
+        idle = not live.busy
         if idle and answered >= set(stream.sent):
             return
         missing = sorted(set(stream.sent) - answered)[:5]
