@@ -128,7 +128,7 @@ def test_engine_takes_ndi_in_and_sends_ndi_out_through_a_sender_dropout(tiny_tae
         received = receiver.wait_for(5)
         assert all(frame.shape == (SIZE, SIZE, 3) for frame in received)
         _wait(lambda: engine.frame_number > 4, "the engine's warm-up")
-        output = engine._last_outputs[0].image.astype(int)  # constant from here on (static input)
+        output = engine.io.last_outputs[0].image.astype(int)  # constant from here on (static input)
         latest = receiver.wait_for(3, after=time.perf_counter())[-1].astype(int)
         error = np.abs(latest - output).mean()
         unrelated = np.abs(latest - output[::-1, ::-1]).mean()

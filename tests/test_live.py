@@ -23,7 +23,7 @@ def wait_for_encoder(engine: LiveEngine, key: str = "cond", timeout: float = 10.
     """Drive apply_pending_controls until the prompt encoder has delivered (as the loop would)."""
     deadline = time.perf_counter() + timeout
     engine.apply_pending_controls()  # the change itself is queued until the engine applies it
-    while key in engine._pending:
+    while engine.prompts.encoding(key):
         assert time.perf_counter() < deadline, "prompt encoding did not finish"
         time.sleep(0.005)
         engine.apply_pending_controls()
@@ -165,11 +165,8 @@ def test_live_seed_change_equals_a_prepare_with_that_seed(engine):
 def test_rebuild_holds_the_last_frame_then_continues(engine):
     live = engine()
     sent: list[Frame] = []
-    live.sink_workers = []
-    live._publish = lambda frames: (sent.extend(frames), setattr(live, "_last_outputs", frames))  # type: ignore
-    from engine.core.slot import LatestFrameSlot
-
-    live.input_slot = LatestFrameSlot()
+    publish = live.io.publish
+    live.io.publish = lambda frames: (sent.extend(frames), publish(frames))  # type: ignore[method-assign]
     images = clip(30)
     for k in range(2):
         live.input_slot.put(Frame(images[k], k, time.perf_counter()))
@@ -185,7 +182,8 @@ def test_rebuild_holds_the_last_frame_then_continues(engine):
         live.step()
         k += 1
     held = [f for f in sent[2:] if f.image.shape[0] == SIZE]
-    assert held and all(f is sent[1] for f in held)  # the last frame, re-sent while rebuilding
+    # the last frame, re-sent while rebuilding and through the new pipeline's warm-up (engine/live/warmup.py)
+    assert held and all(f.image is sent[1].image for f in held)
     live.input_slot.put(Frame(images[0], k, time.perf_counter()))
     live.step()
     assert sent[-1].image.shape == (128, 128, 3), [(f.index, f.image.shape) for f in sent]
@@ -197,7 +195,7 @@ def test_failed_rebuild_keeps_the_running_pipeline(engine, caplog):
     live.set("model.id", "/no/such/model")
     live.apply_pending_controls()
     deadline = time.perf_counter() + 20
-    while live._rebuild is not None:
+    while live.rebuilding:
         assert time.perf_counter() < deadline
         time.sleep(0.01)
         live.apply_pending_controls()
@@ -252,11 +250,8 @@ def test_seed_transition_keeps_the_noise_gaussian_and_lands_exactly(engine):
 
 def test_pause_holds_and_reset_restarts(engine):
     live = engine()
-    from engine.core.slot import LatestFrameSlot
-
     sent: list[Frame] = []
-    live._publish = lambda frames: sent.extend(frames)  # type: ignore[method-assign]
-    live.input_slot = LatestFrameSlot()
+    live.io.publish = lambda frames: sent.extend(frames)  # type: ignore[method-assign]
     images = clip(6)
     live.input_slot.put(Frame(images[0], 0, time.perf_counter()))
     live.step()

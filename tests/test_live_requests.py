@@ -271,17 +271,14 @@ def test_a_source_slower_than_the_wait_still_fills_a_batch(engine):
 def test_a_batch_never_mixes_frame_sizes_when_the_source_changes_size(engine):
     """Frames collected before a size change (a rebuild to another size: the source thread conforms frames to
     the stream's new size) are dropped, not stacked with the new ones (np.stack raised and ended the loop)."""
-    from engine.core.slot import LatestFrameSlot
-
     live = engine(frame_buffer_size=2)
-    live.input_slot = LatestFrameSlot()
     small, large = clip(1)[0], np.zeros((SIZE * 2, SIZE * 2, 3), np.uint8)
     live.input_slot.put(Frame(small, 0, time.perf_counter()))
-    assert live._take_input() is None  # one of two collected; the wait ran out
+    assert live.inputs.take(2) is None  # one of two collected; the wait ran out
     live.input_slot.put(Frame(large, 1, time.perf_counter()))
-    assert live._take_input() is None  # the older size is dropped: still one of two
+    assert live.inputs.take(2) is None  # the older size is dropped: still one of two
     live.input_slot.put(Frame(large, 2, time.perf_counter()))
-    frames = live._take_input()
+    frames = live.inputs.take(2)
     assert frames is not None and [frame.index for frame in frames] == [1, 2]
 
 
@@ -311,6 +308,6 @@ def test_every_parameter_has_an_apply_handler_and_the_movable_ones_a_morph(engin
     from engine.live.targets import MORPHS
 
     live = engine()
-    assert set(live._handlers) == set(get_args(Apply))  # one handler per apply name, no more
+    assert set(live.changes.handlers) == set(get_args(Apply))  # one handler per apply name, no more
     assert {spec.apply for spec in registry().values()} <= set(get_args(Apply))
     assert set(MORPHS) <= set(get_args(Apply))

@@ -192,7 +192,7 @@ def test_io_changes_stop_the_old_bridges_off_the_engine_thread(engine, tmp_path)
         took = time.perf_counter() - start
         # Stopped on the engine thread, each old sink would hold it for its 2 s stop timeout.
         assert took < 2.0, f"apply_pending_controls took {took:.1f} s"
-        assert live._sink_uris == [f"file:{tmp_path / 'next.npy'}"]
+        assert live.io.sink_uris == [f"file:{tmp_path / 'next.npy'}"]
     finally:
         release.set()
     live.close()
@@ -229,7 +229,7 @@ live.set("prompt.text", "a blue whale")
 live.set("stream.width", 128)
 while live.pipeline.config.width != 128 or "encoder" not in seen:
     live.apply_pending_controls()
-live._rebuilder.submit(lambda: seen.setdefault("rebuild", torch.get_num_threads())).result()
+live.rebuilds.submit(lambda: seen.setdefault("rebuild", torch.get_num_threads())).result()
 later = threading.Thread(target=lambda: seen.setdefault("later", torch.get_num_threads()))
 later.start(); later.join()
 seen["main"] = torch.get_num_threads()

@@ -94,7 +94,7 @@ def test_the_engine_runs_on_rgba_float64_frames(tiny_taesd_models):
         engine.close()
     assert engine.frame_number >= 2
     assert engine.source_worker is None  # closed cleanly
-    assert engine._last_outputs[0].image.shape == (SIZE, SIZE, 3)
+    assert engine.io.last_outputs[0].image.shape == (SIZE, SIZE, 3)
 
 
 def test_the_preview_encodes_converted_frames_and_skips_malformed_ones(caplog):

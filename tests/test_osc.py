@@ -134,7 +134,7 @@ class Rig:
         """Apply what was sent, as the loop would between frames, until prompt encodings have landed too."""
         deadline = time.perf_counter() + timeout
         self.engine.apply_pending_controls()
-        while self.engine._pending or self.engine.status()["rebuilding"]:
+        while self.engine.prompts.encoding() or self.engine.rebuilding:
             assert time.perf_counter() < deadline, "the engine did not settle"
             time.sleep(0.005)
             self.engine.apply_pending_controls()

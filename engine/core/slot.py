@@ -21,6 +21,7 @@ class LatestFrameSlot(Generic[T]):
         self._taken = 0  # sequence number of the last item handed out by get()
         self._dropped = 0
         self._closed = False
+        self._woken = False  # wake() was called: the consumer's get() returns None once
 
     def put(self, item: T) -> None:
         """Store `item` as the newest; an unconsumed older item is dropped and counted. No-op after close()."""
@@ -38,12 +39,25 @@ class LatestFrameSlot(Generic[T]):
 
         timeout: seconds (None waits forever, 0 polls). Returns None on timeout or once the slot is closed.
         """
-        newer = self.wait_newer(self._taken, timeout)
-        if newer is None:
-            return None
         with self._cond:
-            self._taken = max(self._taken, newer[0])
-        return newer[1]
+            self._cond.wait_for(lambda: self._closed or self._woken or self._seq > self._taken, timeout)
+            if self._closed or self._woken or self._seq <= self._taken:
+                self._woken = False
+                return None
+            self._taken = self._seq
+            return self._item
+
+    def wake(self) -> None:
+        """The consumer's current (or next) get() returns None at once, e.g. to look at something other than
+        frames (a control arrived); an item put meanwhile stays for the get() after it."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def clear_wake(self) -> None:
+        """Forget a wake() that no get() has seen yet (what it was for has been looked at)."""
+        with self._cond:
+            self._woken = False
 
     def wait_newer(self, after: int, timeout: float | None = None) -> tuple[int, T] | None:
         """For readers that keep their own mark (several preview clients): wait for an item with a sequence

@@ -8,9 +8,10 @@ outcome as an EngineEvent with that id.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -90,7 +91,10 @@ def spec_of(path: str) -> ParamSpec:
 
 class RequestedValues:
     """The preset as requested so far: each new value is validated against it (so cross-field checks such as
-    t_index_list against num_inference_steps see the latest values), under a lock for concurrent senders."""
+    t_index_list against num_inference_steps see the latest values), under a lock for concurrent senders.
+
+    A change is validated once: on a shallow copy of its section (the schema's validated assignment replaces the
+    field in the copy, never a value the original shares), which becomes the requested section if it is kept."""
 
     def __init__(self, preset: Preset) -> None:
         self._preset = preset.model_copy(deep=True)
@@ -100,18 +104,34 @@ class RequestedValues:
     def validate(self, path: str, value: Any, keep: bool = True, request_id: int = 0) -> Any:
         """The value as the schema coerces it; raises DreamwireError naming the key and value.
         keep=False checks a value without making it the requested one (e.g. a seed inside a blend)."""
+        if not keep:
+            with self._lock:
+                return self._checked(path, value)[1]
+        with self.change(path, value, request_id) as checked:
+            return checked
+
+    @contextmanager
+    def change(self, path: str, value: Any, request_id: int) -> Iterator[Any]:
+        """Validate `value` for `path` and yield it as coerced; it becomes the requested value when the block
+        ends without raising (the block may refuse it, e.g. a URI whose bridge cannot be built)."""
+        with self._lock:
+            section, checked = self._checked(path, value)
+            yield checked
+            # Already validated, as a section: a validated assignment to the preset would run the section's
+            # checks a second time (the preset itself has no check across sections).
+            self._preset.__dict__[path.split(".")[0]] = section
+            self._latest[path] = request_id
+
+    def _checked(self, path: str, value: Any) -> tuple[Any, Any]:
+        """(the section with the value set, the value as coerced); the requested preset is not touched."""
         spec_of(path)
         section_name, name = path.split(".")
-        with self._lock:
-            section = copy.deepcopy(getattr(self._preset, section_name))
-            try:
-                setattr(section, name, value)
-            except ValidationError as error:
-                raise DreamwireError(describe_validation_error(error, prefix=section_name)) from None
-            if keep:
-                setattr(self._preset, section_name, section)
-                self._latest[path] = request_id
-            return getattr(section, name)
+        section = getattr(self._preset, section_name).model_copy()
+        try:
+            setattr(section, name, value)
+        except ValidationError as error:
+            raise DreamwireError(describe_validation_error(error, prefix=section_name)) from None
+        return section, getattr(section, name)
 
     def revert(self, path: str, value: Any, request_id: int) -> None:
         """A request that could not be applied (a failed rebuild): its path goes back to `value`, the one in effect,

@@ -15,7 +15,9 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+from engine.core.errors import DreamwireError
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,17 @@ class EngineEvent:
 
 
 Listener = Callable[[EngineEvent], None]
+
+
+class Request(Protocol):
+    """What an outcome names: any control (engine/live/controls.py)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def value(self) -> Any: ...
+    @property
+    def request_id(self) -> int: ...
 
 
 class EventHub:
@@ -53,3 +66,37 @@ class EventHub:
                 listener(event)
             except Exception:  # a controller's bug must not end the show
                 log.exception("event listener %r failed on %s", listener, event)
+
+    # ---- a request's outcome: exactly one of these per request ---------------------------------------------
+
+    def applied(self, request: Request, value: Any = None) -> None:
+        self.emit(EngineEvent("applied", request.path, value=value, request_id=request.request_id))
+
+    def refused(self, request: Request, why: str) -> None:
+        """One log line and an error event naming the value and why it was not applied."""
+        message = _not_applied(request, why)
+        log.error("%s", message)
+        self.emit(EngineEvent("error", request.path, message=message, request_id=request.request_id))
+
+    def superseded(self, request: Request, why: str) -> None:
+        """The newest request wins: an older one still pending is dropped, told so, and only logged at debug."""
+        message = _not_applied(request, why)
+        log.debug("%s", message)
+        self.emit(EngineEvent("superseded", request.path, message=message, request_id=request.request_id))
+
+
+def _not_applied(request: Request, why: str) -> str:
+    shown = "" if request.value is None else f" {shown_value(request.value)}"
+    return f"{request.path}{shown} was not applied: {why}"
+
+
+def shown_value(value: Any, limit: int = 120) -> str:
+    """A value for a one-line message, shortened."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: the message alone for ours, with the type for anything else."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, DreamwireError) else f"{type(error).__name__}: {text}"

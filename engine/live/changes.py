@@ -1,0 +1,128 @@
+"""Applying requests on the engine thread, between two frames: one handler per schema `apply` name, plus pause
+and reset, and the transitions they start.
+
+A value goes into the pipeline at once (a cut) or over its duration (a transition advanced once per frame); a
+prompt goes to the encoder (engine/live/prompts.py); a change of shape to a rebuild (engine/live/rebuild.py).
+Each request ends in exactly one EngineEvent; a failure is one log line and an error event, never the end of
+the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from engine.live.controls import BlendPrompts, BlendSeeds, Control, Pause, Reset, SetValue, spec_of
+from engine.live.events import one_line
+from engine.live.in_effect import InEffect
+from engine.live.io_bridges import IoBridges
+from engine.live.prompts import Prompts
+from engine.live.rebuild import Rebuilds
+from engine.live.targets import NoiseSource, noise_of, set_noise_cut
+
+log = logging.getLogger(__name__)
+
+
+class Changes:
+    """The engine thread's side of the requests; see the module docstring."""
+
+    def __init__(
+        self, now: InEffect, prompts: Prompts, rebuilds: Rebuilds, io: IoBridges, forget_captures: Callable[[], None]
+    ) -> None:
+        self._now, self._prompts, self._rebuilds, self._io = now, prompts, rebuilds, io
+        self._forget_captures = forget_captures  # after a reset: the frames in the pipeline are gone
+        self.handlers: dict[str, Callable[[SetValue], None]] = {  # one per schema `apply` name
+            "cond": prompts.request,
+            "uncond": prompts.request,
+            "guidance": self._set_number,
+            "delta": self._set_number,
+            "noise": self._set_noise,
+            "schedule": self._set_schedule,
+            "filter": self._set_filter,
+            "source": self._set_source,
+            "sinks": self._set_sinks,
+            "rebuild": rebuilds.request,
+        }
+
+    def apply_guarded(self, control: Control) -> None:
+        try:
+            self.apply(control)
+        except Exception as error:  # checked when sent; whatever still fails is one line, never the end of the loop
+            log.debug("applying %s failed", control, exc_info=error)
+            self._now.events.refused(control, one_line(error))
+
+    def apply(self, control: Control) -> None:
+        match control:
+            case SetValue():
+                self.handlers[spec_of(control.path).apply](control)
+            case BlendPrompts():
+                self._prompts.request(control)
+            case BlendSeeds():
+                self._set_noise(control)
+            case Pause(paused):
+                self._now.paused = paused
+                log.info("paused" if paused else "resumed")
+                self._now.events.applied(control, paused)
+            case Reset():
+                self._reset(control)
+
+    def _set_number(self, control: SetValue) -> None:
+        """guidance, delta: at once or over the duration."""
+        now = self._now
+        now.move(spec_of(control.path).apply, float(control.value), control)
+        now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_noise(self, control: NoiseSource) -> None:
+        """prompt.seed or seed.blend: the fixed noise, at once or over the duration (slerp)."""
+        now = self._now
+        if control.duration.is_cut:
+            now.transitions.cancel("noise")
+            set_noise_cut(control, now.pipeline)
+        else:
+            now.move("noise", noise_of(control, now.pipeline), control)
+        now.noise_source = control
+        if isinstance(control, SetValue):
+            now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_schedule(self, control: SetValue) -> None:
+        """t_index_list, num_inference_steps: new tables for the same number of slots; buffers and noise kept."""
+        now = self._now
+        stream = now.preset.stream.model_copy()
+        setattr(stream, control.path.split(".")[1], control.value)
+        if len(stream.t_index_list) != now.pipeline.slots:
+            self._rebuilds.request(control)  # another number of slots: new buffer shapes
+            return
+        now.pipeline.set_schedule(stream.t_index_list, stream.num_inference_steps)
+        now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_filter(self, control: SetValue) -> None:
+        now = self._now
+        config = now.preset.filter.model_copy()
+        setattr(config, control.path.split(".")[1], control.value)
+        now.pipeline.set_filter(config, seed=now.preset.prompt.seed)
+        now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_source(self, control: SetValue) -> None:
+        self._io.swap_source(control.bridges[0], control.value)
+        self._now.store(control)
+        self._now.events.applied(control, control.value)
+
+    def _set_sinks(self, control: SetValue) -> None:
+        self._io.swap_sinks(list(control.bridges), control.value)
+        self._now.store(control)
+        self._now.events.applied(control, control.value)
+
+    def _reset(self, control: Reset) -> None:
+        """Re-prepare with everything in effect: empty buffers and the noise afresh; embeddings kept."""
+        now = self._now
+        now.finish_transitions()
+        pipeline = now.pipeline
+        pipeline.prepare(now.preset.prompt, now.preset.filter, (pipeline.cond, pipeline.uncond))
+        set_noise_cut(now.noise_source, pipeline)
+        self._forget_captures()
+        log.info("reset: fresh noise and empty buffers")
+        now.events.applied(control)

@@ -1,0 +1,110 @@
+"""The sending side of the live engine: changes from other threads (OSC, the CLI, a script), each validated once
+where it is sent, numbered, and queued for the engine thread (engine/live/control_queue.py).
+
+A bad value raises a one-line DreamwireError and nothing is queued: the old value is kept. Each accepted change
+returns its request id, which its EngineEvent will carry. Numbering, the requested values and the queue order
+agree, because all three happen under one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from bridges.base import Sink, Source
+from bridges.uri import open_sink, open_source
+from engine.config.registry import registry
+from engine.config.schema import Preset
+from engine.core.errors import DreamwireError
+from engine.core.instance import Instance
+from engine.live.blending import check_blend_weights
+from engine.live.control_queue import ControlQueue
+from engine.live.controls import BlendPrompts, BlendSeeds, Control, Pause, RequestedValues, Reset, SetValue, spec_of
+from engine.live.targets import MORPHS
+from engine.live.transitions import Duration
+
+
+class Requests:
+    """set / blend_prompts / blend_seeds / pause / reset, from any thread, into `queue`."""
+
+    def __init__(self, preset: Preset, instance: Instance, queue: ControlQueue) -> None:
+        self.requested = RequestedValues(preset)  # the values asked for (validated), ahead of the engine
+        self.queue = queue
+        self._instance = instance
+        self._lock = threading.Lock()  # request ids, requested values and queue order agree
+        self._next_id = 1
+
+    def set(self, path: str, value: Any, seconds: float | None = None, frames: int | None = None) -> int:
+        """Change one parameter (dotted path from the registry); raises DreamwireError on a bad value."""
+        duration = Duration(seconds, frames)
+        spec = spec_of(path)
+        if not duration.is_cut and spec.apply not in MORPHS:
+            movable = ", ".join(p for p, s in registry().items() if s.apply in MORPHS)
+            raise DreamwireError(f"{path} cannot change over a duration, only at once (these can: {movable})")
+        with self._lock:
+            request_id = self._next_id
+            with self.requested.change(path, value, request_id) as checked:
+                # io: build the bridges here (building opens nothing), so a bad URI is refused to the sender.
+                bridges: tuple[Source | Sink, ...] = ()
+                if spec.apply == "source":
+                    bridges = (open_source(checked, self._instance),)
+                elif spec.apply == "sinks":
+                    bridges = tuple(open_sink(uri, self._instance) for uri in checked)
+            return self._queue_locked(SetValue(path, checked, duration, bridges, request_id))
+
+    def blend_prompts(
+        self,
+        items: Sequence[tuple[str, float]],
+        method: Literal["linear", "slerp"] = "slerp",
+        seconds: float | None = None,
+        frames: int | None = None,
+    ) -> int:
+        """Blend the embeddings of several prompts by weight (normalised), at once or over a duration."""
+        duration = Duration(seconds, frames)
+        pairs = _pairs("prompt.blend", items)
+        weights = check_blend_weights("prompt.blend", [w for _, w in pairs])
+        if method not in ("linear", "slerp"):
+            raise DreamwireError(f"prompt.blend method {method!r} is unknown (allowed: linear, slerp)")
+        texts = [self.requested.validate("prompt.text", text, keep=False) for text, _ in pairs]
+        blend = tuple(zip(texts, weights, strict=True))
+        return self._queue(lambda request_id: BlendPrompts(blend, method, duration, request_id))
+
+    def blend_seeds(
+        self, items: Sequence[tuple[int, float]], seconds: float | None = None, frames: int | None = None
+    ) -> int:
+        """Blend the fixed noise of several seeds by weight (slerp), at once or over a duration."""
+        duration = Duration(seconds, frames)
+        pairs = _pairs("seed.blend", items)
+        weights = check_blend_weights("seed.blend", [w for _, w in pairs])
+        seeds = [self.requested.validate("prompt.seed", seed, keep=False) for seed, _ in pairs]
+        blend = tuple(zip(seeds, weights, strict=True))
+        return self._queue(lambda request_id: BlendSeeds(blend, duration, request_id))
+
+    def pause(self, paused: bool = True) -> int:
+        if paused not in (True, False):  # True, False, 1, 0
+            raise DreamwireError(f"pause {paused!r} is not a bool (true/false or 1/0)")
+        return self._queue(lambda request_id: Pause(bool(paused), request_id))
+
+    def reset(self) -> int:
+        return self._queue(lambda request_id: Reset(request_id))
+
+    def _queue(self, make: Callable[[int], Control]) -> int:
+        with self._lock:
+            return self._queue_locked(make(self._next_id))
+
+    def _queue_locked(self, control: Control) -> int:
+        self._next_id += 1
+        self.queue.put(control)
+        return control.request_id
+
+
+def _pairs(what: str, items: Sequence[tuple[Any, float]]) -> list[tuple[Any, float]]:
+    """A blend's (thing, weight) pairs; a DreamwireError naming the items if they are not pairs, or none."""
+    try:
+        pairs = [(thing, weight) for thing, weight in items]
+    except (TypeError, ValueError):
+        raise DreamwireError(f"{what} items {items!r} must be (value, weight) pairs") from None
+    if not pairs:
+        raise DreamwireError(f"{what} needs at least one (value, weight) pair")
+    return pairs
