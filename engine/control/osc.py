@@ -1,7 +1,7 @@
-"""The OSC control surface of a running LiveEngine, started and closed as one: the UDP server (bridges/
-osc_server.py), the feedback sender (bridges/osc_feedback.py), the OSCQuery HTTP server and its mDNS
-advertisement (bridges/oscquery.py), wired to the router (engine/live/osc_control.py) and to the engine's
-events (each applied change echoed, each apply-time failure reported on /error).
+"""OSC, one transport over the control surface: the UDP server (bridges/osc_server.py) hands each parsed
+message to `surface.handle`; the feedback sender (bridges/osc_feedback.py) is one outlet of the surface; the
+OSCQuery HTTP server and its mDNS advertisement (bridges/oscquery.py) describe the surface's nodes.
+Started and closed as one.
 """
 
 from __future__ import annotations
@@ -13,56 +13,57 @@ from typing import Any
 from bridges.osc_feedback import OscFeedback
 from bridges.osc_server import OscServer
 from bridges.oscquery import EXTENSIONS, Advertisement, OscQueryServer, advertise
-from engine.config.schema import OscConfig
-from engine.live.loop import LiveEngine
-from engine.live.osc_control import OscControl
+from engine.control.nodes import oscquery_nodes
+from engine.control.surface import ControlSurface
 
 log = logging.getLogger(__name__)
 
 
-class OscSurface:
-    def __init__(self, engine: LiveEngine, config: OscConfig) -> None:
-        self.engine, self.config = engine, config
-        self.control = OscControl(engine, config)
+class OscTransport:
+    def __init__(self, surface: ControlSurface) -> None:
+        self.surface, self.config = surface, surface.config
         self.feedback: OscFeedback | None = None
         self.server: OscServer | None = None
         self.query: OscQueryServer | None = None
         self.advertisement: Advertisement | None = None
 
     @classmethod
-    def start(cls, engine: LiveEngine, config: OscConfig, discovery: bool = True) -> OscSurface:
+    def start(cls, surface: ControlSurface, discovery: bool = True) -> OscTransport:
         """Bind and start everything; a port that cannot be bound is a DreamwireError (and nothing is left open).
         discovery=False skips the mDNS advertisement (tests)."""
-        surface = cls(engine, config)
+        transport = cls(surface)
         try:
-            surface._start(discovery)
+            transport._start(discovery)
         except BaseException:
-            surface.close()
+            transport.close()
             raise
-        return surface
+        return transport
 
     def _start(self, discovery: bool) -> None:
-        config, control = self.config, self.control
+        config, surface, engine = self.config, self.surface, self.surface.engine
         if config.feedback:
-            self.feedback = OscFeedback(config.feedback, control.status_messages, config.status_hz)
-            control.feedback = self.feedback
-        self.server = OscServer(config.host, config.port, control.handle, config.allow)
-        control.counters = self.server.counters
+            self.feedback = OscFeedback(config.feedback)
+        self.server = OscServer(config.host, config.port, surface.handle, config.allow)
         query_port = self.server.port if config.query_port is None else config.query_port
-        self.query = OscQueryServer(config.host, query_port, control.oscquery_nodes, self.host_info)
+        self.query = OscQueryServer(config.host, query_port, lambda: oscquery_nodes(surface), self.host_info)
         if self.feedback is not None:
             self.feedback.start()
-        self.engine.add_listener(control.on_event)
-        self.engine.status_sources.append(self.server.counters)
+            surface.add_outlet(self._feedback_outlet)
+            engine.status_sources.append(self.feedback.counters)
+        engine.status_sources.append(self.server.counters)
         self.server.start()
         self.query.start()
         if discovery:
-            self.advertisement = advertise(self.engine.instance.name, config.host, self.query.port, self.server.port)
+            self.advertisement = advertise(engine.instance.name, config.host, self.query.port, self.server.port)
+
+    def _feedback_outlet(self, address: str, args: list[Any]) -> None:
+        if self.feedback is not None:
+            self.feedback.send(address, *args)
 
     def host_info(self) -> dict[str, Any]:
         assert self.server is not None
         info: dict[str, Any] = {
-            "NAME": self.engine.instance.name,  # --name: side-by-side instances tell apart
+            "NAME": self.surface.engine.instance.name,  # --name: side-by-side instances tell apart
             "OSC_PORT": self.server.port,
             "OSC_TRANSPORT": "UDP",
             "EXTENSIONS": EXTENSIONS,
@@ -73,10 +74,10 @@ class OscSurface:
 
     def close(self) -> None:
         """Stop receiving first, then send what is queued; safe to call twice."""
-        self.engine.events.remove(self.control.on_event)
+        sources = self.surface.engine.status_sources
         if self.server is not None:
-            if self.server.counters in self.engine.status_sources:
-                self.engine.status_sources.remove(self.server.counters)
+            if self.server.counters in sources:
+                sources.remove(self.server.counters)
             self.server.close()
             self.server = None
         if self.query is not None:
@@ -86,5 +87,8 @@ class OscSurface:
             self.advertisement.close()
             self.advertisement = None
         if self.feedback is not None:
+            self.surface.remove_outlet(self._feedback_outlet)
+            if self.feedback.counters in sources:
+                sources.remove(self.feedback.counters)
             self.feedback.close()
             self.feedback = None
