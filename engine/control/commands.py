@@ -14,21 +14,36 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from engine.config.presets import available_presets, load_preset
 from engine.config.registry import ParamSpec, registry
 from engine.control.coerce import join_text, osc_args, scalar
+from engine.control.transition import NextDuration
 from engine.core.errors import DreamwireError
+from engine.live.loop import LiveEngine
 from engine.live.strength import strength_to_t_index_list, t_index_list_to_strength
-
-if TYPE_CHECKING:
-    from engine.control.surface import ControlSurface
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[["ControlSurface", Sequence[Any]], None]
-Getter = Callable[["ControlSurface"], list[Any]]
+
+class Surface(Protocol):
+    """What a handler may use of the control surface (engine/control/surface.py), which imports this table."""
+
+    engine: LiveEngine
+    transition: NextDuration
+    router: Any  # engine/control/routes.py's Router
+
+    def reply(self, relative: str, *args: Any) -> None: ...
+    def set_value(self, path: str, value: Any) -> None: ...
+    def check_value(self, path: str, value: Any) -> None: ...
+    def writable(self, spec: ParamSpec) -> bool: ...
+    def value(self, path: str) -> Any: ...
+    def emit_status(self) -> None: ...
+
+
+Handler = Callable[[Surface, Sequence[Any]], None]
+Getter = Callable[[Surface], list[Any]]
 
 PRESET_SECTIONS = ("model", "stream", "prompt", "filter")  # what /preset changes; io and osc stay as started
 PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -62,7 +77,7 @@ def momentary(args: Sequence[Any]) -> bool:
     return not args or args[0] is None or bool(one(args, "bool"))
 
 
-def prompt_blend(surface: ControlSurface, args: Sequence[Any]) -> None:
+def prompt_blend(surface: Surface, args: Sequence[Any]) -> None:
     items, words = [], []
     for arg in args:
         if isinstance(arg, int | float) and not isinstance(arg, bool):
@@ -78,7 +93,7 @@ def prompt_blend(surface: ControlSurface, args: Sequence[Any]) -> None:
     surface.engine.blend_prompts(items, method=method, **surface.transition.kwargs())  # type: ignore[arg-type]
 
 
-def seed_blend(surface: ControlSurface, args: Sequence[Any]) -> None:
+def seed_blend(surface: Surface, args: Sequence[Any]) -> None:
     if not args or len(args) % 2:
         raise DreamwireError(f"expects seed and weight pairs: i f i f …, got {len(args)} arguments")
     pairs = [(scalar("int", args[i]), scalar("float", args[i + 1])) for i in range(0, len(args), 2)]
@@ -101,78 +116,83 @@ def json_pairs(args: Sequence[Any], what: str, first: Callable[[Any], bool]) -> 
     return [(x, float(weight)) for x, weight in pairs]
 
 
-def prompt_list(surface: ControlSurface, args: Sequence[Any]) -> None:
+def prompt_list(surface: Surface, args: Sequence[Any]) -> None:
     pairs = json_pairs(args, "text", lambda x: isinstance(x, str))
     surface.engine.blend_prompts(pairs, method="slerp", **surface.transition.kwargs())
 
 
-def seed_list(surface: ControlSurface, args: Sequence[Any]) -> None:
+def seed_list(surface: Surface, args: Sequence[Any]) -> None:
     pairs = json_pairs(args, "seed", lambda x: isinstance(x, int) and not isinstance(x, bool))
     surface.engine.blend_seeds(pairs, **surface.transition.kwargs())
 
 
-def transition(surface: ControlSurface, args: Sequence[Any]) -> None:
+def transition(surface: Surface, args: Sequence[Any]) -> None:
     surface.transition.set_seconds(one(args, "float"))
     surface.reply("/transition", surface.transition.seconds)  # accepted: a controller's UI can confirm it
 
 
-def transition_frames(surface: ControlSurface, args: Sequence[Any]) -> None:
+def transition_frames(surface: Surface, args: Sequence[Any]) -> None:
     surface.transition.set_frames(one(args, "int"))
     surface.reply("/transition/frames", surface.transition.frames)
 
 
-def pause(surface: ControlSurface, args: Sequence[Any]) -> None:
+def pause(surface: Surface, args: Sequence[Any]) -> None:
     surface.engine.pause(True if not args else one(args, "bool"))
 
 
-def play(surface: ControlSurface, args: Sequence[Any]) -> None:
+def play(surface: Surface, args: Sequence[Any]) -> None:
     surface.engine.pause(False)
 
 
-def reset(surface: ControlSurface, args: Sequence[Any]) -> None:
+def reset(surface: Surface, args: Sequence[Any]) -> None:
     if momentary(args):
         surface.engine.reset()
 
 
-def status(surface: ControlSurface, args: Sequence[Any]) -> None:
+def status(surface: Surface, args: Sequence[Any]) -> None:
     if momentary(args):
         surface.emit_status()
 
 
-def get_status(surface: ControlSurface, args: Sequence[Any]) -> None:
+def get_status(surface: Surface, args: Sequence[Any]) -> None:
     if momentary(args):
         now = surface.engine.status()
         surface.reply("/status", "rebuilding" if now["rebuilding"] else "paused" if now["paused"] else "running")
 
 
-def strength(surface: ControlSurface, args: Sequence[Any]) -> None:
+def parameter_address(path: str) -> str:
+    """'prompt.guidance' → '/prompt/guidance' (relative to the namespace)."""
+    return "/" + path.replace(".", "/")
+
+
+def strength(surface: Surface, args: Sequence[Any]) -> None:
     stream = surface.engine.requested.snapshot().stream
     indices = strength_to_t_index_list(one(args, "float"), len(stream.t_index_list), stream.num_inference_steps)
     surface.set_value("stream.t_index_list", indices)
 
 
-def strength_value(surface: ControlSurface) -> list[Any]:
+def strength_value(surface: Surface) -> list[Any]:
     stream = surface.engine.preset.stream
     return [t_index_list_to_strength(stream.t_index_list, stream.num_inference_steps)]
 
 
-def get(surface: ControlSurface, args: Sequence[Any]) -> None:
+def get(surface: Surface, args: Sequence[Any]) -> None:
     address = join_text(args).strip() if args else ""
     if not address:
         raise DreamwireError("expects an address, e.g. /prompt/guidance; got none")
     try:
         route = surface.router.route(address)
     except DreamwireError as error:
-        raise DreamwireError(f"{address!r}: {error}") from None
+        raise DreamwireError(f"{address}: {error}") from None
     if route.command is None:
-        surface.reply(route.address, *osc_args(surface.value(route.target)))
+        surface.reply(parameter_address(route.target), *osc_args(surface.value(route.target)))  # canonical
         return
     if route.command.value is None:
         raise DreamwireError(f"{address} is a command; it has no value")
     surface.reply(route.command.address, *route.command.value(surface))
 
 
-def preset(surface: ControlSurface, args: Sequence[Any]) -> None:
+def preset(surface: Surface, args: Sequence[Any]) -> None:
     name = join_text(args)
     if not PRESET_NAME.fullmatch(name):
         raise DreamwireError(f"/preset takes a name from presets/, never a path: {name!r}")

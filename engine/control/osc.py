@@ -13,15 +13,18 @@ from typing import Any
 from bridges.osc_feedback import OscFeedback
 from bridges.osc_server import OscServer
 from bridges.oscquery import EXTENSIONS, Advertisement, OscQueryServer, advertise
+from engine.config.schema import OscConfig
 from engine.control.nodes import oscquery_nodes
 from engine.control.surface import ControlSurface
+from engine.live.loop import LiveEngine
 
 log = logging.getLogger(__name__)
 
 
 class OscTransport:
-    def __init__(self, surface: ControlSurface) -> None:
+    def __init__(self, surface: ControlSurface, owns_surface: bool = False) -> None:
         self.surface, self.config = surface, surface.config
+        self._owns_surface = owns_surface  # made by alone(): closed with this transport
         self.feedback: OscFeedback | None = None
         self.server: OscServer | None = None
         self.query: OscQueryServer | None = None
@@ -37,6 +40,18 @@ class OscTransport:
         except BaseException:
             transport.close()
             raise
+        return transport
+
+    @classmethod
+    def alone(cls, engine: LiveEngine, config: OscConfig, discovery: bool = True) -> OscTransport:
+        """A control surface with OSC as its only transport (tests, the OSC bench), closed with it."""
+        surface = ControlSurface(engine, config).start()
+        try:
+            transport = cls.start(surface, discovery)
+        except BaseException:
+            surface.close()
+            raise
+        transport._owns_surface = True
         return transport
 
     def _start(self, discovery: bool) -> None:
@@ -92,3 +107,5 @@ class OscTransport:
                 sources.remove(self.feedback.counters)
             self.feedback.close()
             self.feedback = None
+        if self._owns_surface:
+            self.surface.close()

@@ -13,7 +13,7 @@ from functools import cache
 
 from engine.config.registry import registry
 from engine.control.coerce import osc_type
-from engine.control.commands import COMMANDS, Command
+from engine.control.commands import COMMANDS, Command, parameter_address
 from engine.core.errors import DreamwireError
 
 
@@ -48,11 +48,6 @@ STREAMDIFFUSIONTD: tuple[Route, ...] = (
     Route("/seed", "prompt.seed", arguments="i"),
 )
 STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets", "/ipadapter_scale", "/cached_attention", "/fx/")
-
-
-def parameter_address(path: str) -> str:
-    """'prompt.guidance' → '/prompt/guidance' (relative to the namespace)."""
-    return "/" + path.replace(".", "/")
 
 
 @cache

@@ -166,11 +166,12 @@ class ControlSurface:
 
     def on_event(self, event: EngineEvent) -> None:
         """An engine event (on the engine thread): its echo to every outlet; the prompt that renders, once."""
+        messages = event_messages(event, self.router.out)
         if event.kind == "applied" and event.path in ("prompt.text", "prompt.blend"):
             self._prompt = str(event.value) if event.path == "prompt.text" else blend_text(event.value)
-        messages = event_messages(event, self.router.out)
+            messages += self._prompt_message()
         if messages:
-            self.emit(messages + self._prompt_message())
+            self.emit(messages)
 
     def status_values(self) -> dict[str, Any]:
         return {
