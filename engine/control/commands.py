@@ -217,8 +217,8 @@ def preset(surface: Surface, args: Sequence[Any]) -> None:
     ordered = _schedule_first(changes, requested.stream.num_inference_steps)
     for spec, value in ordered:  # every change checked before any is sent: a preset is taken whole or not at all
         surface.check_value(spec.path, value)
-    for spec, value in ordered:
-        surface.set_value(spec.path, value)
+    for spec, value in ordered:  # the engine validates each value (once); the whole preset was validated at load
+        surface.engine.set(spec.path, value, **surface.transition.kwargs())
     log.info("/preset %s: %d values changed", name, len(changes))
 
 
