@@ -43,16 +43,21 @@ def encode(address: str, args: Sequence[Any]) -> bytes:
 
 
 class OscFeedback:
-    """Sends OSC messages to `target` ('host:port'); `status()` is called every 1/status_hz s (0: never)."""
+    """Sends OSC messages to `target` ('host:port'; '' for none: outlets only); `status()` is called every
+    1/status_hz s (0: never). Every message also goes to each of `outlets` (fn(address, args), on this thread):
+    the OSCQuery WebSocket's publish()."""
 
     def __init__(self, target: str, status: MakeMessages | None = None, status_hz: float = 0.0) -> None:
-        host, port = parse_host_port(target)
-        try:
-            family, kind, proto, _, self.address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-        except socket.gaierror as error:
-            raise DreamwireError(f"OSC feedback host {host!r} cannot be resolved ({error.strerror})") from None
         self.target = target
-        self._socket = socket.socket(family, kind, proto)
+        self.outlets: list[Callable[[str, Sequence[Any]], None]] = []
+        self._socket: socket.socket | None = None
+        if target:
+            host, port = parse_host_port(target)
+            try:
+                family, kind, proto, _, self.address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+            except socket.gaierror as error:
+                raise DreamwireError(f"OSC feedback host {host!r} cannot be resolved ({error.strerror})") from None
+            self._socket = socket.socket(family, kind, proto)
         self._status = status
         self._period = 1.0 / status_hz if status and status_hz > 0 else None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -71,7 +76,8 @@ class OscFeedback:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="dreamwire-osc-feedback", daemon=True)
         self._thread.start()
-        log.info("OSC feedback to %s", self.target)
+        if self.target:
+            log.info("OSC feedback to %s", self.target)
 
     def close(self) -> None:
         """Send what is queued, then stop."""
@@ -79,7 +85,8 @@ class OscFeedback:
             self._queue.put(_STOP)
             self._thread.join(timeout=2.0)
             self._thread = None
-        self._socket.close()
+        if self._socket is not None:
+            self._socket.close()
 
     def _run(self) -> None:
         next_status = time.perf_counter() + (self._period or 0.0)
@@ -95,7 +102,10 @@ class OscFeedback:
                 return
             messages = [item] if isinstance(item, tuple) else self._make(item)
             for address, args in messages:
-                self._send(address, args)
+                if self._socket is not None:
+                    self._send(address, args)
+                for outlet in self.outlets:
+                    outlet(address, args)
 
     def _make(self, make: MakeMessages) -> list[Message]:
         try:
@@ -105,6 +115,7 @@ class OscFeedback:
             return []
 
     def _send(self, address: str, args: Sequence[Any]) -> None:
+        assert self._socket is not None
         try:
             self._socket.sendto(encode(address, args), self.address)
             self.sent += 1

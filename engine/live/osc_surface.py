@@ -1,7 +1,9 @@
 """The OSC control surface of a running LiveEngine, started and closed as one: the UDP server (bridges/
 osc_server.py), the feedback sender (bridges/osc_feedback.py), the OSCQuery HTTP server and its mDNS
 advertisement (bridges/oscquery.py), wired to the router (engine/live/osc_control.py) and to the engine's
-events (each applied change echoed, each apply-time failure reported on /error).
+events (each applied change echoed, each apply-time failure reported on /error). What goes to the feedback
+address also goes to the OSCQuery WebSocket's LISTENers (the control page), and what they send goes through
+the same router, under the same rules, as a UDP message.
 """
 
 from __future__ import annotations
@@ -43,21 +45,40 @@ class OscSurface:
 
     def _start(self, discovery: bool) -> None:
         config, control = self.config, self.control
-        if config.feedback:
-            self.feedback = OscFeedback(config.feedback, control.status_messages, config.status_hz)
-            control.feedback = self.feedback
+        # Made without a feedback address too: what it sends also goes to the OSCQuery WebSocket's LISTENers.
+        self.feedback = OscFeedback(config.feedback, control.status_messages, config.status_hz)
+        control.feedback = self.feedback
         self.server = OscServer(config.host, config.port, control.handle, config.allow)
         control.counters = self.server.counters
         query_port = self.server.port if config.query_port is None else config.query_port
-        self.query = OscQueryServer(config.host, query_port, control.oscquery_nodes, self.host_info)
-        if self.feedback is not None:
-            self.feedback.start()
+        self.query = OscQueryServer(
+            config.host,
+            query_port,
+            self.oscquery_nodes,
+            self.host_info,
+            on_message=control.handle,  # the page and LISTEN clients change what OSC may change, nothing more
+            name=self.engine.instance.name,
+            error_address=control.space.out("/error"),
+            allow=config.allow,
+        )
+        self.feedback.outlets.append(self.query.publish)
+        self.feedback.start()
         self.engine.add_listener(control.on_event)
         self.engine.status_sources.append(self.server.counters)
+        self.engine.status_sources.append(self.query.counters)
         self.server.start()
         self.query.start()
         if discovery:
             self.advertisement = advertise(self.engine.instance.name, config.host, self.query.port, self.server.port)
+
+    def oscquery_nodes(self) -> dict[str, dict[str, Any]]:
+        """The router's nodes, and the two text messages it sends out, so that a client can LISTEN to them."""
+        out = self.control.space.out
+        return {
+            **self.control.oscquery_nodes(),
+            out("/error"): {"TYPE": "s", "ACCESS": 1, "DESCRIPTION": "<address>: <reason> for every refused message."},
+            out("/status/prompt"): {"TYPE": "s", "ACCESS": 1, "DESCRIPTION": "The prompt in effect."},
+        }
 
     def host_info(self) -> dict[str, Any]:
         assert self.server is not None
@@ -80,6 +101,8 @@ class OscSurface:
             self.server.close()
             self.server = None
         if self.query is not None:
+            if self.query.counters in self.engine.status_sources:
+                self.engine.status_sources.remove(self.query.counters)
             self.query.close()
             self.query = None
         if self.advertisement is not None:
