@@ -77,7 +77,12 @@ class OscSurface:
         return {
             **self.control.oscquery_nodes(),
             out("/error"): {"TYPE": "s", "ACCESS": 1, "DESCRIPTION": "<address>: <reason> for every refused message."},
-            out("/status/prompt"): {"TYPE": "s", "ACCESS": 1, "DESCRIPTION": "The prompt in effect."},
+            out("/status/prompt"): {
+                "TYPE": "s",
+                "ACCESS": 1,
+                "VALUE": [self.engine.preset.prompt.text],
+                "DESCRIPTION": "The prompt in effect.",
+            },
         }
 
     def host_info(self) -> dict[str, Any]:
