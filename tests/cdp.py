@@ -48,9 +48,7 @@ class Browser:
         profile.mkdir(parents=True, exist_ok=True)
         command = [binary, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0"]
         command += [f"--window-size={width},{height}", url]
-        self._log = (
-            profile / "chromium.log"
-        )  # a file, not a pipe: chromium's chatter can never fill a buffer and stall it
+        self._log = profile / "chromium.log"  # a file, not a pipe: chromium's chatter never fills a buffer
         with self._log.open("w") as log:
             self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
         self._ids = 0
