@@ -32,7 +32,7 @@ from pythonosc.osc_message_builder import BuildError
 
 from bridges.oscquery_listen import ListenHub, OnMessage, osc_packet
 from bridges.page_access import ControlLink, links, needs_token, new_token, origin_allowed, token_ok
-from bridges.web import WebServer
+from bridges.web import WebServer, http_url
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +97,11 @@ class OscQueryServer:
     def start(self) -> None:
         self._server.start()
         links().offer_controls(self.name, self, ControlLink(self.port, self.token))
+        url = http_url(self.host, self.port)
         if self.token is None:
-            log.info("OSCQuery on http://%s:%d/ (WebSocket: LISTEN)", self.host, self.port)
+            log.info("OSCQuery on %s (WebSocket: LISTEN)", url)
         else:
-            log.warning(
-                "OSCQuery on http://%s:%d/ (TCP), not loopback: changes over its WebSocket need ?token=%s",
-                self.host,
-                self.port,
-                self.token,
-            )
+            log.warning("OSCQuery on %s, not loopback: changes over its WebSocket need ?token=%s", url, self.token)
 
     def close(self) -> None:
         links().withdraw_controls(self.name, self)

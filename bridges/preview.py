@@ -28,7 +28,7 @@ from PIL import Image
 from bridges.base import BridgeUnavailable
 from bridges.page_access import links
 from bridges.pixels import FrameConformer
-from bridges.web import WebServer
+from bridges.web import WebServer, http_url
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
 from engine.core.slot import LatestFrameSlot
@@ -92,7 +92,7 @@ class PreviewSink:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return http_url(self.host, self.port)
 
     @property
     def page_url(self) -> str:

@@ -19,7 +19,9 @@ loop dies after the first start, the supervisor logs it and serves again on the 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -121,3 +123,15 @@ class WebServer:
             self._loop = None
             self._ready.set()
             await runner.cleanup()
+
+
+def http_url(host: str, port: int) -> str:
+    """The URL a browser opens for a server bound to host:port: every interface (0.0.0.0, ::) is this machine's
+    name; an IPv6 address is bracketed."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"http://{host}:{port}/"
+    if address.is_unspecified:
+        return f"http://{socket.gethostname()}:{port}/"
+    return f"http://[{host}]:{port}/" if address.version == 6 else f"http://{host}:{port}/"
