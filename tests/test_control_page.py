@@ -189,9 +189,17 @@ def test_picking_a_preset_applies_it_and_a_refused_one_says_why_next_to_the_pick
         f"{row(NS + '/prompt/guidance')}.querySelector('input[type=number]').value === '1.2'",
         what="guidance back to 1.2",
     )
+    page.wait(
+        "document.getElementById('prompt-status').textContent === 'prompt: a photo of a cat'",
+        what="offline-demo's prompt",
+    )
 
 
 def test_screenshot_of_the_page(page, stage):
+    focus(page, NS + "/prompt/guidance", "input[type=number]")  # an error next to its control, for the picture
+    page.type_text("25")
+    page.press_enter()
+    page.wait(f"{row(NS + '/prompt/guidance')}.querySelector('.error').textContent", what="the error")
     page.js("document.activeElement.blur(); window.scrollTo(0, 0)")
     page.wait("document.getElementById('status').textContent.includes('fps')", what="the status line")
     shot = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
