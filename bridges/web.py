@@ -97,7 +97,14 @@ class WebServer:
     # ---- the server thread ---------------------------------------------------------------------------------
 
     def _serve(self, stopping: threading.Event) -> None:
-        asyncio.run(self._main(stopping))
+        try:
+            asyncio.run(self._main(stopping))
+        except Exception as error:
+            if self._started:
+                raise  # a death after the start: the supervisor logs it and serves again with backoff
+            self._error = error  # start() raises it: a server that never started is not restarted
+        finally:
+            self._ready.set()
 
     async def _main(self, stopping: threading.Event) -> None:
         runner = web.AppRunner(self._make_app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
@@ -108,11 +115,7 @@ class WebServer:
                 await site.start()
             except OSError as error:
                 where, reason = f"{self.host}:{self.port}", error.strerror or error
-                failure = DreamwireError(f"{self.what}: cannot listen on TCP {where} ({reason}); {self.hint}")
-                if self._started:
-                    raise failure from None  # a restart: the supervisor logs it and tries again with backoff
-                self._error = failure
-                return
+                raise DreamwireError(f"{self.what}: cannot listen on TCP {where} ({reason}); {self.hint}") from None
             self.port = runner.addresses[0][1]  # the bound port (port 0 picks one); a restart binds this one again
             self._stop = asyncio.Event()
             self._loop = asyncio.get_running_loop()
@@ -121,7 +124,6 @@ class WebServer:
                 await self._stop.wait()
         finally:
             self._loop = None
-            self._ready.set()
             await runner.cleanup()
 
 
