@@ -67,8 +67,8 @@ def main() -> None:
     report["codes"] = codes
 
     # Where the code branches on sys.platform.
-    from bridges.web import REUSE_ADDRESS
     from bridges.uri import parse_uri
+    from bridges.web import REUSE_ADDRESS
     from engine.commands.bench_live import _rss_mb
     from engine.commands.run import stop_signals
 
