@@ -163,3 +163,16 @@ def test_browser_shows_the_stream(tmp_path, sink):
     blue = ((pixels[..., 2] > 200) & (pixels[..., 0] < 80)).sum()  # blue bars where the red ramp is low
     red = ((pixels[..., 0] > 200) & (pixels[..., 2] < 80)).sum()  # red ramp between the bars
     assert white > 200 and blue > 200 and red > 200, (white, blue, red)
+
+
+def test_without_chromium_the_browser_tests_fail_under_ci_and_skip_elsewhere(monkeypatch, capsys):
+    import cdp
+
+    monkeypatch.setattr(cdp.shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: the browser test cannot be skipped"):
+        cdp.chromium_or_skip()
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="is not installed"):
+        cdp.chromium_or_skip()
+    assert "skipping the browser test" in capsys.readouterr().out  # the reason, printed
