@@ -54,7 +54,7 @@ class Browser:
         self._ids = 0
         try:
             port = self._devtools_port(profile)
-            # entered as a context manager: the form every websockets version since 13 takes without a warning
+            # entered as a context manager: the form every websockets version since 15 takes without a warning
             self.socket: ClientConnection = connect(self._page_socket(port), max_size=None, proxy=None).__enter__()
             # the viewport exactly width x height (a headless window's own chrome would take some of it)
             self.call(
