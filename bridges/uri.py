@@ -2,7 +2,7 @@
 
     pattern:?width=512&height=512&fps=30     moving test pattern (fps=0: unpaced)
     file:clip.mp4?fps=30&loop=1              clip as source (.npy, video, image folder); as sink: file:out.npy?fps=30
-    preview:?port=8765&window=0              MJPEG stream for a browser (sink only)
+    preview:?port=8765&host=127.0.0.1        the control page and MJPEG stream for a browser (sink only)
     spout:NAME syphon:NAME ndi:NAME shm:NAME camera:0
                                              platform bridges, imported only when asked for
 
@@ -193,8 +193,15 @@ def _preview_sink(u: ParsedUri, instance: Instance) -> Sink:
 
     u.no_path()
     port = instance.preview_port
-    u.take({"port": f"0..65535, default {port} (from the instance name)", "window": "0 or 1 (1 is not built yet)"})
-    return PreviewSink(port=u.integer("port", port, 0, 65535), window=u.flag("window"), title=instance.name)
+    u.take(
+        {
+            "port": f"0..65535, default {port} (from the instance name)",
+            "host": "the interface to bind, default 127.0.0.1 (0.0.0.0: every interface)",
+            "window": "0 or 1 (1 is not built yet)",
+        }
+    )
+    host = u.query.get("host", "127.0.0.1")
+    return PreviewSink(port=u.integer("port", port, 0, 65535), host=host, window=u.flag("window"), title=instance.name)
 
 
 _SYSTEMS = {"win32": "Windows", "darwin": "macOS", "linux": "Linux"}

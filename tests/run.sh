@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # beside pip (both mostly download and unpack), and the tests start once both are done.
 browser=""
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed: the browser test will skip"; } &
+  { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed: the browser tests will skip (and fail under CI=true)"; } &
   browser=$!
   trap 'wait "$browser"' EXIT  # never leave apt running behind a failed pip install
 fi

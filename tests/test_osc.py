@@ -632,7 +632,7 @@ def test_oscquery_host_info_value_queries_and_errors(rig):
         "OSC_IP": "127.0.0.1",
         "OSC_PORT": r.surface.server.port,
         "OSC_TRANSPORT": "UDP",
-        "EXTENSIONS": {"ACCESS": True, "VALUE": True, "RANGE": True, "DESCRIPTION": True, "LISTEN": False},
+        "EXTENSIONS": {"ACCESS": True, "VALUE": True, "RANGE": True, "DESCRIPTION": True, "LISTEN": True},
     }
     assert _http(r.http + f"{NS}/prompt/guidance?VALUE") == (200, {"VALUE": [1.5]})
     r.controller.send(f"{NS}/prompt/guidance", 3.25)

@@ -1,9 +1,10 @@
-"""Preview sink over real sockets: /frame.jpg, the MJPEG stream, a slow client, port release, and a real browser."""
+"""Preview sink over real sockets: /frame.jpg, the MJPEG stream, the control page's address book, a slow client,
+port release, and a real browser."""
 
 from __future__ import annotations
 
 import io
-import shutil
+import json
 import socket
 import subprocess
 import threading
@@ -13,13 +14,13 @@ import urllib.request
 
 import numpy as np
 import pytest
+from cdp import FLAGS, chromium_or_skip
 from PIL import Image
 
 from bridges.pattern import pattern_image
 from bridges.preview import PreviewSink
+from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _frame(i: int, width: int = 160, height: int = 120) -> Frame:
@@ -53,8 +54,20 @@ def test_frame_jpg_and_page(sink):
     assert np.abs(decoded - pattern_image(1, 160, 120)).mean() < 12  # the newest frame, not the first
     content_type, page = _get(sink.url)
     assert content_type.startswith("text/html") and b'src="/stream.mjpg"' in page
+    assert b"<title>dreamwire preview</title>" in page and b"OSCQuery" in page  # the control page
     sink.set_status("fps 29.9")
     assert _get(sink.url + "status")[1] == b"fps 29.9"
+    content_type, body = _get(sink.url + "control.json")
+    assert content_type.startswith("application/json")
+    assert json.loads(body) == {"oscquery_port": None}  # no OSC surface in this process: the page shows no controls
+    with pytest.raises(urllib.error.HTTPError) as info:
+        _get(sink.url + "nope")
+    assert info.value.code == 404
+
+
+def test_a_port_in_use_is_one_line_naming_it(sink):
+    with pytest.raises(DreamwireError, match=rf"preview: cannot listen on TCP 127\.0\.0\.1:{sink.port} \(.*\); pick"):
+        PreviewSink(port=sink.port).open()
 
 
 def _read_first_part(port: int) -> tuple[bytes, bytes]:
@@ -115,8 +128,7 @@ def test_slow_client_never_blocks_write_and_close_releases_the_port():
 
 
 def test_browser_shows_the_stream(tmp_path, sink):
-    if not shutil.which(CHROMIUM):
-        pytest.skip("chromium not installed: apt-get install chromium")
+    chromium = chromium_or_skip()
     sink.set_status("dreamwire test")
     stop = threading.Event()
 
@@ -131,15 +143,8 @@ def test_browser_shows_the_stream(tmp_path, sink):
     feeder.start()
     shot = tmp_path / "shot.png"
     command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        chromium,
+        *FLAGS,
         f"--user-data-dir={tmp_path / 'profile'}",
         f"--screenshot={shot}",
         "--window-size=640,480",
@@ -158,3 +163,16 @@ def test_browser_shows_the_stream(tmp_path, sink):
     blue = ((pixels[..., 2] > 200) & (pixels[..., 0] < 80)).sum()  # blue bars where the red ramp is low
     red = ((pixels[..., 0] > 200) & (pixels[..., 2] < 80)).sum()  # red ramp between the bars
     assert white > 200 and blue > 200 and red > 200, (white, blue, red)
+
+
+def test_without_chromium_the_browser_tests_fail_under_ci_and_skip_elsewhere(monkeypatch, capsys):
+    import cdp
+
+    monkeypatch.setattr(cdp.shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true: the browser test cannot be skipped"):
+        cdp.chromium_or_skip()
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="is not installed"):
+        cdp.chromium_or_skip()
+    assert "skipping the browser test" in capsys.readouterr().out  # the reason, printed

@@ -41,6 +41,14 @@ def oscquery_nodes(surface: ControlSurface) -> dict[str, dict[str, Any]]:
         if command.range is not None:
             node["RANGE"] = command.range()
         nodes[out(command.address)] = node
+    # The two text messages the surface sends out, so that a client (the control page) can LISTEN to them.
+    nodes[out("/error")] = {"TYPE": "s", "ACCESS": 1, "DESCRIPTION": "`<address>: <reason>` for every refusal."}
+    nodes[out("/status/prompt")] = {
+        "TYPE": "s",
+        "ACCESS": 1,
+        "VALUE": [surface.prompt_shown],
+        "DESCRIPTION": "The prompt that renders (a blend as `text:weight | …`).",
+    }
     now = surface.status_values()
     for item in STATUS:
         node = {"TYPE": item.osc_type, "ACCESS": 1, "DESCRIPTION": item.doc}

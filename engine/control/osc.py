@@ -61,7 +61,20 @@ class OscTransport:
             self.feedback = OscFeedback(config.feedback)
         self.server = OscServer(config.host, config.port, surface.handle, config.allow)
         query_port = self.server.port if config.query_port is None else config.query_port
-        self.query = OscQueryServer(config.host, query_port, lambda: oscquery_nodes(surface), self.host_info)
+        # The OSCQuery server's WebSocket is a second way in and out: the control page and LISTEN clients send
+        # through the same surface (the same network rule) and receive every message the surface sends out.
+        self.query = OscQueryServer(
+            config.host,
+            query_port,
+            lambda: oscquery_nodes(surface),
+            self.host_info,
+            on_message=surface.handle,
+            name=engine.instance.name,
+            error_address=surface.router.out("/error"),
+            allow=config.allow,
+        )
+        surface.add_outlet(self.query.publish)
+        engine.status_sources.append(self.query.counters)
         if self.feedback is not None:
             self.feedback.start()
             surface.add_outlet(self._feedback_outlet)
@@ -97,6 +110,9 @@ class OscTransport:
             self.server.close()
             self.server = None
         if self.query is not None:
+            self.surface.remove_outlet(self.query.publish)
+            if self.query.counters in sources:
+                sources.remove(self.query.counters)
             self.query.close()
             self.query = None
         if self.advertisement is not None:

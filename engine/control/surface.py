@@ -204,6 +204,11 @@ class ControlSurface:
                 messages.append((self.router.out(item.address), args))
         return messages + self._prompt_message()
 
+    @property
+    def prompt_shown(self) -> str:
+        """The prompt that renders: a text, or a blend shown as "a:0.5 | b:0.5"."""
+        return self._prompt
+
     def emit_status(self) -> None:
         self.emit(self.status_messages())
 

@@ -68,13 +68,13 @@ def main() -> None:
     report["codes"] = codes
 
     # Where the code branches on sys.platform.
-    from bridges.preview import _Server
     from bridges.uri import parse_uri
+    from bridges.web import REUSE_ADDRESS
     from engine.commands.bench_live import _rss_mb
     from engine.commands.run import stop_signals
 
     report["stop_signals"] = [int(sig) for sig in stop_signals()]
-    report["preview_reuses_address"] = bool(_Server.allow_reuse_address)
+    report["preview_reuses_address"] = REUSE_ADDRESS
     report["file_uri_path"] = parse_uri("file:///C:/clips/a.mp4", "source").path
     report["rss_mb"] = _rss_mb()
     print(json.dumps(report))
