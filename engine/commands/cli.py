@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_live(preset, args.duration, instance(args.name))
         elif args.command == "bench":
-            from engine.commands.bench import run_bench
+            from engine.bench.pipeline import run_bench
 
             run_bench(preset, args)
         return 0

@@ -69,7 +69,7 @@ def main() -> None:
     # Where the code branches on sys.platform.
     from bridges.preview import _Server
     from bridges.uri import parse_uri
-    from engine.commands.bench_live import _rss_mb
+    from engine.bench.live import _rss_mb
     from engine.commands.run import stop_signals
 
     report["stop_signals"] = [int(sig) for sig in stop_signals()]

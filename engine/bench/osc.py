@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bridges.pattern import PatternSource
-from engine.commands.bench_live import _NullSink
+from engine.bench.live import _NullSink
 from engine.config.schema import OscConfig, Preset
 from engine.live.controls import Control, SetValue
 from engine.live.loop import LiveEngine

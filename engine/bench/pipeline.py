@@ -201,7 +201,7 @@ def _reference_script(explicit: str | None) -> Path:
 def reference_side_by_side(
     preset: Preset, python: str, script: str | None, frames: int, repeats: int = 5
 ) -> dict[str, Any]:
-    """Run the reference StreamDiffusion (run_reference.py) and ours (engine/clip_run.py, the same command line)
+    """Run the reference StreamDiffusion (run_reference.py) and ours (engine/bench/clip_run.py, the same command line)
     over the same clip, model and settings, each in a fresh process, taking turns `repeats` times so that a
     shared machine's slow spells hit both; report the median fps of each (over the clip after its first frame,
     as the reference script times itself) and the largest output difference."""
@@ -237,7 +237,7 @@ def reference_side_by_side(
             str(work / "clip.npy"),
             str(work / "ref.npy"),
         ]
-        ours_command = [sys.executable, "-m", "engine.commands.clip_run", *command[2:4], str(work / "ours.npy")]
+        ours_command = [sys.executable, "-m", "engine.bench.clip_run", *command[2:4], str(work / "ours.npy")]
         reference_runs, our_runs = [], []
         for _ in range(repeats):  # both in fresh processes, taking turns
             reference_runs.append(_clip_fps([*command, json.dumps(settings)], "the reference run"))
@@ -282,9 +282,9 @@ def ratios(results: list[Measurement]) -> dict[str, float]:
 
 
 def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
-    from engine.commands.bench_bridges import bridge_costs
-    from engine.commands.bench_live import loop_efficiency, memory_soak, prompt_change_frame_times
-    from engine.commands.bench_osc import osc_benchmarks
+    from engine.bench.bridges import bridge_costs
+    from engine.bench.live import loop_efficiency, memory_soak, prompt_change_frame_times
+    from engine.bench.osc import osc_benchmarks
 
     torch.set_grad_enabled(False)
     models = load_models(preset.model)
@@ -321,7 +321,7 @@ def format_report(results: list[Measurement], report: dict[str, Any]) -> str:
         f"= {loop['efficiency']:.2f}"
     )
     if "osc" in report:
-        from engine.commands.bench_osc import format_osc
+        from engine.bench.osc import format_osc
 
         lines.append(format_osc(report["osc"]))
     if "soak" in report:
@@ -339,7 +339,7 @@ def format_report(results: list[Measurement], report: dict[str, Any]) -> str:
             f"max |ours - reference| {ref['max_abs_diff']:.2e}"
         )
     if "bridges" in report:
-        from engine.commands.bench_bridges import format_bridge_costs
+        from engine.bench.bridges import format_bridge_costs
 
         lines += format_bridge_costs(report["bridges"])
     lines.append(f"device: {report['device']}, torch threads: {report['threads']}")
