@@ -1,5 +1,5 @@
-"""`dreamwire bench`: fps, UNet rows per frame and per-frame overhead, all measured in one run, so the
-ratios (self vs full CFG, Stream Batch vs sequential, ours vs the reference) compare like with like.
+"""`dreamwire bench`'s pipeline part: fps, UNet rows per frame and per-frame overhead, all measured in one run, so
+the ratios (self vs full CFG, Stream Batch vs sequential) compare like with like.
 
 Model time is measured by wrapping the UNet backend and the VAE codec with timers (synchronising the
 device inside the wrappers: bench only, never the engine); overhead = frame time − model time.
@@ -7,18 +7,10 @@ device inside the wrappers: bench only, never the engine); overhead = frame time
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,9 +18,8 @@ import torch
 
 from bridges.pattern import pattern_image
 from engine.config.schema import Preset
-from engine.core.errors import DreamwireError
 from engine.pipeline.image import to_unit_range
-from engine.pipeline.models import Models, load_models
+from engine.pipeline.models import Models
 from engine.pipeline.stream import StreamPipeline
 
 log = logging.getLogger(__name__)
@@ -67,11 +58,6 @@ class _Timed:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _frames(width: int, height: int, count: int) -> Iterator[np.ndarray]:
-    for index in range(count):
-        yield pattern_image(index, width, height)
 
 
 class _Instant(_Timed):
@@ -185,83 +171,6 @@ def run_measurements(models: Models, preset: Preset, frames: int) -> list[Measur
     )
 
 
-def _reference_script(explicit: str | None) -> Path:
-    candidates = [explicit] if explicit else []
-    candidates += [os.environ.get("DREAMWIRE_REFERENCE_SCRIPT", "")]
-    root = Path(__file__).resolve().parents[1]
-    candidates += [str(root.parent / "shared" / "tools" / "reference" / "run_reference.py")]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    raise DreamwireError(
-        f"run_reference.py not found (tried {', '.join(c for c in candidates if c)}); pass --reference-script"
-    )
-
-
-def reference_side_by_side(
-    preset: Preset, python: str, script: str | None, frames: int, repeats: int = 5
-) -> dict[str, Any]:
-    """Run the reference StreamDiffusion (run_reference.py) and ours (engine/bench/clip_run.py, the same command line)
-    over the same clip, model and settings, each in a fresh process, taking turns `repeats` times so that a
-    shared machine's slow spells hit both; report the median fps of each (over the clip after its first frame,
-    as the reference script times itself) and the largest output difference."""
-    from engine.pipeline.tiny import TINY_MODEL_ID, TINY_VAE_ID, save_tiny_pipeline, save_tiny_taesd
-
-    stream, prompt = preset.stream, preset.prompt
-    if stream.frame_buffer_size != 1 or stream.mode != "img2img":
-        raise DreamwireError("the reference comparison needs frame_buffer_size 1 and img2img")
-    with tempfile.TemporaryDirectory(prefix="dreamwire-ref-") as folder:
-        work = Path(folder)
-        model_dir = save_tiny_pipeline(work / "model") if preset.model.id == TINY_MODEL_ID else Path(preset.model.id)
-        settings: dict[str, Any] = {
-            "t_index_list": stream.t_index_list,
-            "cfg_type": stream.cfg_type,
-            "prompt": prompt.text,
-            "negative_prompt": prompt.negative,
-            "guidance_scale": prompt.guidance,
-            "delta": prompt.delta,
-            "seed": prompt.seed,
-            "num_inference_steps": stream.num_inference_steps,
-            "do_add_noise": stream.do_add_noise,
-            "use_denoising_batch": stream.use_denoising_batch,
-        }
-        if preset.model.vae is not None:
-            vae = save_tiny_taesd(work / "vae") if preset.model.vae == TINY_VAE_ID else Path(preset.model.vae)
-            settings["vae_dir"] = str(vae)
-        clip = np.stack(list(_frames(stream.width, stream.height, max(frames, 96) + 1)))
-        np.save(work / "clip.npy", clip)
-        command = [
-            python,
-            str(_reference_script(script)),
-            str(model_dir),
-            str(work / "clip.npy"),
-            str(work / "ref.npy"),
-        ]
-        ours_command = [sys.executable, "-m", "engine.bench.clip_run", *command[2:4], str(work / "ours.npy")]
-        reference_runs, our_runs = [], []
-        for _ in range(repeats):  # both in fresh processes, taking turns
-            reference_runs.append(_clip_fps([*command, json.dumps(settings)], "the reference run"))
-            our_runs.append(_clip_fps([*ours_command, json.dumps(settings)], "our run"))
-        difference = float(np.abs(np.load(work / "ours.npy") - np.load(work / "ref.npy")).max())
-    reference_fps, ours_fps = statistics.median(reference_runs), statistics.median(our_runs)
-    return {
-        "reference_fps": reference_fps,
-        "ours_fps": ours_fps,
-        "ratio": ours_fps / reference_fps,
-        "reference_runs_fps": reference_runs,
-        "our_runs_fps": our_runs,
-        "max_abs_diff": difference,
-        "frames": len(clip),
-    }
-
-
-def _clip_fps(command: list[str], what: str) -> float:
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise DreamwireError(f"{what} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["fps"])
-
-
 def format_table(results: list[Measurement]) -> str:
     lines = [f"{'measurement':<34} {'fps':>8} {'unet rows/frame':>16} {'model ms':>9} {'overhead ms':>12} {'skip':>6}"]
     for r in results:
@@ -279,71 +188,6 @@ def ratios(results: list[Measurement]) -> dict[str, float]:
         "self_vs_full_fps": cfg["self"].fps / cfg["full"].fps,
         "stream_batch_vs_sequential_fps": by_name["stream batch"].fps / by_name["sequential"].fps,
     }
-
-
-def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
-    from engine.bench.bridges import bridge_costs
-    from engine.bench.live import loop_efficiency, memory_soak, prompt_change_frame_times
-    from engine.bench.osc import osc_benchmarks
-
-    torch.set_grad_enabled(False)
-    models = load_models(preset.model)
-    results = run_measurements(models, preset, args.frames)
-    changes = prompt_change_frame_times(models, preset, frames=max(50, 8 * args.frames))
-    report: dict[str, Any] = {
-        "device": load_device_name(preset),
-        "threads": torch.get_num_threads(),
-        "measurements": [asdict(r) for r in results],
-        "ratios": ratios(results),
-        "prompt_changes": {**asdict(changes), "p99_over_median": changes.p99_over_median},
-        "loop": loop_efficiency(models, preset, seconds=max(2.0, args.frames / 6)),
-        "bridges": bridge_costs(frames=max(100, 8 * args.frames)),
-    }
-    report["osc"] = osc_benchmarks(models, preset)
-    if args.soak:
-        report["soak"] = memory_soak(models, preset, args.soak)
-    if args.reference_python:
-        report["reference"] = reference_side_by_side(preset, args.reference_python, args.reference_script, args.frames)
-    print(json.dumps(report, indent=2) if args.json else format_report(results, report))
-    return report
-
-
-def format_report(results: list[Measurement], report: dict[str, Any]) -> str:
-    lines = [format_table(results), ""]
-    lines += [f"{key}: {value:.2f}x" for key, value in report["ratios"].items()]
-    pc, loop = report["prompt_changes"], report["loop"]
-    lines.append(
-        f"prompt changes: {pc['prompt_changes']} in {pc['frames']} frames, frame time median {pc['median_ms']:.1f} ms, "
-        f"p99 {pc['p99_ms']:.1f} ms, p99/median {pc['p99_over_median']:.2f}x"
-    )
-    lines.append(
-        f"loop efficiency: engine {loop['engine_fps']:.1f} fps / bare pipeline {loop['bare_pipeline_fps']:.1f} fps "
-        f"= {loop['efficiency']:.2f}"
-    )
-    if "osc" in report:
-        from engine.bench.osc import format_osc
-
-        lines.append(format_osc(report["osc"]))
-    if "soak" in report:
-        soak = report["soak"]
-        lines.append(
-            f"memory soak: {soak['frames']} frames, RSS {soak['rss_after_warmup_mb']:.0f} MB after warm-up, "
-            f"{soak['rss_end_mb']:.0f} MB at the end (growth {soak['growth_mb']:+.1f} MB, "
-            f"peak {soak['rss_peak_mb']:.0f} MB)"
-        )
-    if "reference" in report:
-        ref = report["reference"]
-        lines.append(
-            f"reference side by side ({ref['frames']} frames, median of {len(ref['our_runs_fps'])} runs each): "
-            f"ours {ref['ours_fps']:.1f} fps, reference {ref['reference_fps']:.1f} fps, ratio {ref['ratio']:.2f}x, "
-            f"max |ours - reference| {ref['max_abs_diff']:.2e}"
-        )
-    if "bridges" in report:
-        from engine.bench.bridges import format_bridge_costs
-
-        lines += format_bridge_costs(report["bridges"])
-    lines.append(f"device: {report['device']}, torch threads: {report['threads']}")
-    return "\n".join(lines)
 
 
 def load_device_name(preset: Preset) -> str:

@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--frames", type=int, default=24, help="timed frames per measurement (default 24)")
     bench.add_argument("--soak", type=int, metavar="FRAMES", help="also run FRAMES frames and report memory growth")
     bench.add_argument("--reference-python", help="python of a venv with the reference streamdiffusion 0.1.1")
-    bench.add_argument("--reference-script", help="run_reference.py (default: ../shared/tools/reference/)")
+    bench.add_argument(
+        "--reference-script",
+        help="run_reference.py (default: shared/tools/reference/ in the checkout or the nearest folder above it)",
+    )
 
     from engine.commands.engines import add_engines_parser
 
@@ -119,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_live(preset, args.duration, instance(args.name))
         elif args.command == "bench":
-            from engine.bench.pipeline import run_bench
+            from engine.commands.bench import run_bench
 
             run_bench(preset, args)
         return 0

@@ -1,0 +1,43 @@
+"""`dreamwire bench`'s text report: the pipeline table, then one paragraph per measurement that ran."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.bench.bridges import format_bridge_costs
+from engine.bench.osc import format_osc
+from engine.bench.pipeline import Measurement, format_table
+
+
+def format_report(results: list[Measurement], report: dict[str, Any]) -> str:
+    lines = [format_table(results), ""]
+    lines += [f"{key}: {value:.2f}x" for key, value in report["ratios"].items()]
+    pc, loop = report["prompt_changes"], report["loop"]
+    lines.append(
+        f"prompt changes: {pc['prompt_changes']} in {pc['frames']} frames, frame time median {pc['median_ms']:.1f} ms, "
+        f"p99 {pc['p99_ms']:.1f} ms, p99/median {pc['p99_over_median']:.2f}x"
+    )
+    lines.append(
+        f"loop efficiency: engine {loop['engine_fps']:.1f} fps / bare pipeline {loop['bare_pipeline_fps']:.1f} fps "
+        f"= {loop['efficiency']:.2f}"
+    )
+    if "osc" in report:
+        lines.append(format_osc(report["osc"]))
+    if "soak" in report:
+        soak = report["soak"]
+        lines.append(
+            f"memory soak: {soak['frames']} frames, RSS {soak['rss_after_warmup_mb']:.0f} MB after warm-up, "
+            f"{soak['rss_end_mb']:.0f} MB at the end (growth {soak['growth_mb']:+.1f} MB, "
+            f"peak {soak['rss_peak_mb']:.0f} MB)"
+        )
+    if "reference" in report:
+        ref = report["reference"]
+        lines.append(
+            f"reference side by side ({ref['frames']} frames, median of {len(ref['our_runs_fps'])} runs each): "
+            f"ours {ref['ours_fps']:.1f} fps, reference {ref['reference_fps']:.1f} fps, ratio {ref['ratio']:.2f}x, "
+            f"max |ours - reference| {ref['max_abs_diff']:.2e}"
+        )
+    if "bridges" in report:
+        lines += format_bridge_costs(report["bridges"])
+    lines.append(f"device: {report['device']}, torch threads: {report['threads']}")
+    return "\n".join(lines)
