@@ -136,6 +136,7 @@ class LiveEngine:
         self._seen_input, self._seen_dropped = 0, 0
         self._status_shown = 0.0
         self.status_sources: list[Callable[[], dict[str, Any]]] = []  # more numbers for status(): the OSC counters
+        self._frame_listeners: tuple[Callable[[int, float], None], ...] = ()
 
     # ---- other threads: send changes ------------------------------------------------------------------
     # Each returns the request id that the change's EngineEvent will carry.
@@ -207,6 +208,11 @@ class LiveEngine:
     def add_listener(self, listener: Listener) -> None:
         """Call `listener(EngineEvent)` on the engine thread for every change applied and every failure."""
         self.events.add(listener)
+
+    def add_frame_listener(self, listener: Callable[[int, float], None]) -> None:
+        """Call `listener(frame_number, time.perf_counter())` on the engine thread after each published output
+        (for timing, e.g. the bench: it must be quick)."""
+        self._frame_listeners = (*self._frame_listeners, listener)
 
     def status(self) -> dict[str, Any]:
         """The live numbers (see engine/metrics.py) plus the engine's state, for the OSC bridge and the CLI."""
@@ -400,6 +406,11 @@ class LiveEngine:
         for _, slot in self.sink_workers:
             for frame in frames:
                 slot.put(frame)
+        for listener in self._frame_listeners:
+            try:
+                listener(self.frame_number, time.perf_counter())
+            except Exception:  # a listener's bug must not end the show
+                log.exception("frame listener %r failed", listener)
 
     # ---- outcomes ----------------------------------------------------------------------------------------
 
