@@ -1,7 +1,8 @@
-"""Torch's intra-op thread count for the calling thread only.
+"""Per-thread settings: torch's intra-op thread count, and a lower OS priority for background work.
 
-torch.set_num_threads(n) also stores n as the process-wide default that every thread takes on its first parallel op
-(ATen's lazy per-thread init), so calling it on a helper thread leaks: every thread started later runs with n.
+Thread count: torch.set_num_threads(n) also stores n as the process-wide default that every thread takes on its first
+parallel op (ATen's lazy per-thread init), so calling it on a helper thread leaks: every thread started later runs
+with n.
 OpenMP itself keeps the count per thread (its nthreads-var ICV), and ATen's OpenMP backend reads it per call, so
 we set it there, in the OpenMP runtime torch loaded, after torch has initialised this thread.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+import sys
 import threading
 from functools import cache
 from pathlib import Path
@@ -71,3 +74,25 @@ def _openmp_runtime() -> Any:
         except (OSError, AttributeError) as error:  # not loadable here, or not an OpenMP runtime
             log.debug("OpenMP runtime %s: %s", name, error)
     return None
+
+
+def lower_thread_priority() -> bool:
+    """Run the calling thread at the lowest OS priority where the platform allows it for one thread, so that its work
+    takes the cores only when the engine's threads leave them idle (the prompt encoder: a frame must never wait for
+    it). True when done; where it can't be done the thread keeps its priority (logged at debug: nothing to act on).
+
+    Linux: nice 19 on this thread's own id (setpriority with a thread id moves that thread alone). Windows:
+    THREAD_PRIORITY_LOWEST. macOS: the utility QoS class (per thread; nice there would move the whole process)."""
+    try:
+        if sys.platform.startswith("linux"):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # type: ignore[attr-defined, unused-ignore]
+            return True
+        if sys.platform == "win32":
+            kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined, unused-ignore]
+            return bool(kernel32.SetThreadPriority(kernel32.GetCurrentThread(), -2))  # THREAD_PRIORITY_LOWEST
+        if sys.platform == "darwin":
+            system = ctypes.CDLL("/usr/lib/libSystem.dylib")
+            return system.pthread_set_qos_class_self_np(0x11, 0) == 0  # QOS_CLASS_UTILITY, relative priority 0
+    except (OSError, AttributeError, ValueError) as error:  # a sandbox that refuses it, or no such call here
+        log.debug("thread %s keeps its OS priority: %s", threading.current_thread().name, error)
+    return False
