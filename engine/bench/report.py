@@ -9,18 +9,23 @@ from engine.bench.osc import format_osc
 from engine.bench.pipeline import Measurement, format_table
 
 
-def format_report(results: list[Measurement], report: dict[str, Any]) -> str:
-    lines = [format_table(results), ""]
-    lines += [f"{key}: {value:.2f}x" for key, value in report["ratios"].items()]
-    pc, loop = report["prompt_changes"], report["loop"]
-    lines.append(
-        f"prompt changes: {pc['prompt_changes']} in {pc['frames']} frames, frame time median {pc['median_ms']:.1f} ms, "
-        f"p99 {pc['p99_ms']:.1f} ms, p99/median {pc['p99_over_median']:.2f}x"
-    )
-    lines.append(
-        f"loop efficiency: engine {loop['engine_fps']:.1f} fps / bare pipeline {loop['bare_pipeline_fps']:.1f} fps "
-        f"= {loop['efficiency']:.2f}"
-    )
+def format_report(report: dict[str, Any]) -> str:
+    lines = []
+    if "measurements" in report:
+        lines += [format_table([Measurement(**row) for row in report["measurements"]]), ""]
+        lines += [f"{key}: {value:.2f}x" for key, value in report["ratios"].items()]
+    if "prompt_changes" in report:
+        pc = report["prompt_changes"]
+        lines.append(
+            f"prompt changes: {pc['prompt_changes']} in {pc['frames']} frames, frame time median "
+            f"{pc['median_ms']:.1f} ms, p99 {pc['p99_ms']:.1f} ms, p99/median {pc['p99_over_median']:.2f}x"
+        )
+    if "loop" in report:
+        loop = report["loop"]
+        lines.append(
+            f"loop efficiency: engine {loop['engine_fps']:.1f} fps / bare pipeline {loop['bare_pipeline_fps']:.1f} "
+            f"fps = {loop['efficiency']:.2f}"
+        )
     if "osc" in report:
         lines.append(format_osc(report["osc"]))
     if "soak" in report:
