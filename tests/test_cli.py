@@ -84,6 +84,7 @@ def test_bench_only_one_part(capsys):
     assert set(report) == {"device", "threads", "prompt_changes"}
     changes = report["prompt_changes"]
     assert changes["frames"] == 50 and changes["prompt_changes"] == 5
+    assert changes["changing_p99_ms"] > 0 and changes["steady_p99_ms"] > 0
     assert changes["p99_over_median"] == pytest.approx(changes["p99_ms"] / changes["median_ms"])
 
 
