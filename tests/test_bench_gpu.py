@@ -1,4 +1,4 @@
-"""The GPU bench script (engine/commands/bench_gpu.py): its CPU dry run end to end, and the parts that only
+"""The GPU bench script (engine/bench/gpu.py): its CPU dry run end to end, and the parts that only
 see real data on a GPU (the profile's trace analysis, the summary) on made-up inputs."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.commands.bench_gpu import BACKENDS, format_markdown, summary_rows
-from engine.commands.bench_gpu_profile import analyse_trace, kernel_kind
+from engine.bench.gpu import BACKENDS, format_markdown, summary_rows
+from engine.bench.gpu_profile import analyse_trace, kernel_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PYTHON = Path(os.environ.get("DREAMWIRE_REFERENCE_VENV", "/tmp/streamdiffusion-reference")) / "bin/python"
@@ -22,7 +22,7 @@ def test_dry_run_on_cpu_writes_every_part(tmp_path):
     """The tiny model through the same code as on the GPU: eager measured, cuda_graph skipped with its reason,
     the floor, the profile, the reference (where its venv exists), results.json and results.md written."""
     out = tmp_path / "bench"
-    command = [sys.executable, "-m", "engine.commands.bench_gpu", "--tiny", "--out", str(out), "--budget-s", "200"]
+    command = [sys.executable, "-m", "engine.bench.gpu", "--tiny", "--out", str(out), "--budget-s", "200"]
     command += ["--settings", "img2img-1step-512,txt2img-turbo-1step-512", "--backends", "eager,cuda_graph"]
     command += ["--warmup-s", "0.1", "--timed-s", "0.3", "--profile-frames", "3"]
     with_reference = REFERENCE_PYTHON.exists()

@@ -78,6 +78,16 @@ def test_bad_npy_input_exits_2(tmp_path, caplog):
     assert "in.npy" in caplog.text
 
 
+def test_bench_only_one_part(capsys):
+    assert main(["bench", *SMALL, "--json", "--frames", "3", "--only", "prompt-changes"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"device", "threads", "prompt_changes"}
+    changes = report["prompt_changes"]
+    assert changes["frames"] == 50 and changes["prompt_changes"] == 5
+    assert changes["changing_p99_ms"] > 0 and changes["steady_p99_ms"] > 0
+    assert changes["p99_over_median"] == pytest.approx(changes["p99_ms"] / changes["median_ms"])
+
+
 def test_bench_json(capsys):
     assert main(["bench", "--preset", "offline-demo", "--json", "--frames", "3", *SMALL[2:]]) == 0
     report = json.loads(capsys.readouterr().out)

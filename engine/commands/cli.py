@@ -54,9 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     _preset_arguments(bench, "offline-demo")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.add_argument("--frames", type=int, default=24, help="timed frames per measurement (default 24)")
+    bench.add_argument(
+        "--only",
+        action="append",
+        choices=["pipeline", "prompt-changes", "loop", "bridges", "osc"],
+        help="run only this part (repeatable; default: all, one after another)",
+    )
     bench.add_argument("--soak", type=int, metavar="FRAMES", help="also run FRAMES frames and report memory growth")
     bench.add_argument("--reference-python", help="python of a venv with the reference streamdiffusion 0.1.1")
-    bench.add_argument("--reference-script", help="run_reference.py (default: ../shared/tools/reference/)")
+    bench.add_argument(
+        "--reference-script",
+        help="run_reference.py (default: shared/tools/reference/ in the checkout or the nearest folder above it)",
+    )
 
     from engine.commands.engines import add_engines_parser
 
@@ -95,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sys.platform == "darwin":  # read once, when torch loads: an op Metal lacks then runs on the CPU (logged once)
         os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
     _configure_logging(args.verbose)
+    restore_threads = None
+    if args.command in ("run", "bench"):  # live frame times: one core left to the rest (engine/live/threads.py)
+        from engine.live.threads import use_live_thread_count
+
+        restore_threads = use_live_thread_count()
     try:
         if args.command == "engines":  # its verbs load a preset only where they need one
             from engine.commands.engines import run_engines
@@ -131,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if restore_threads is not None:  # main() called in a process that goes on (the tests)
+            restore_threads()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Off-thread text encoding with an LRU cache, so a prompt change never stalls the engine thread.
 
-request() (any thread) queues texts; a daemon worker encodes them; the engine thread collects finished results with
-poll() between step() calls. encode_now() is the synchronous path for prepare time.
+request() (any thread) queues texts; a worker (supervised, at the lowest OS priority) encodes them; the engine thread
+collects finished results with poll() between step() calls. encode_now() is the synchronous path for prepare time.
 
 Ordering: one worker serves requests first in, first out, so results arrive in request order. A request whose
 texts are all cached still goes through the worker (it completes without calling encode_fn, within microseconds
@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import torch
 
-from engine.live.threads import limit_torch_threads
+from engine.core.supervisor import spawn
+from engine.live.threads import limit_torch_threads, lower_thread_priority
 
 __all__ = ["EncodeFailure", "EncodeResult", "PromptEncoder"]
 
@@ -81,8 +82,7 @@ class PromptEncoder:
         self._misses = 0
         self._failures_logged = 0
         self._closed = threading.Event()
-        self._worker = threading.Thread(target=self._run, name=name, daemon=True)
-        self._worker.start()
+        self._worker = spawn(name, self._run)  # supervised: a death is logged, counted and the worker restarted
 
     @property
     def hits(self) -> int:
@@ -126,8 +126,7 @@ class PromptEncoder:
         """Stop the worker (queued requests are dropped) and join it; idempotent."""
         self._closed.set()
         self._requests.put(None)
-        self._worker.join(timeout)
-        if self._worker.is_alive():
+        if not self._worker.stop(timeout):
             logger.warning("prompt encoder worker still busy in encode_fn after %.1f s; leaving it (daemon)", timeout)
 
     def __enter__(self) -> PromptEncoder:
@@ -136,11 +135,13 @@ class PromptEncoder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         # One intra-op thread for this thread alone: a second full team would spin-wait on the engine's cores after
-        # each encode and slow the frames around a prompt change.
+        # each encode and slow the frames around a prompt change. The lowest OS priority: on a busy machine the
+        # encoder takes what the engine's threads leave idle, never a core a frame is waiting for.
         limit_torch_threads(1)
-        while True:
+        lower_thread_priority()
+        while not stop.is_set():
             req = self._requests.get()
             if req is None or self._closed.is_set():
                 return

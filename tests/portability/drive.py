@@ -70,7 +70,7 @@ def main() -> None:
     # Where the code branches on sys.platform.
     from bridges.uri import parse_uri
     from bridges.web import REUSE_ADDRESS
-    from engine.commands.bench_live import _rss_mb
+    from engine.bench.live import _rss_mb
     from engine.commands.run import stop_signals
 
     report["stop_signals"] = [int(sig) for sig in stop_signals()]

@@ -13,67 +13,52 @@ import bisect
 import random
 import socket
 import struct
-import threading
 import time
 from typing import Any
 
 import numpy as np
 
-from bridges.pattern import PatternSource
-from engine.commands.bench_live import _NullSink
 from engine.config.schema import OscConfig, Preset
 from engine.control.osc import OscTransport
-from engine.live.controls import Control, SetValue
+from engine.core.supervisor import spawn
+from engine.live.events import EngineEvent
 from engine.live.loop import LiveEngine
 from engine.pipeline.models import Models
 
 ADDRESS = "/dreamwire/prompt/guidance"
 
 
-class _StampedEngine(LiveEngine):
-    """Records, for each guidance value, when the OSC server handed it to the engine and when the engine applied
-    it, and when each frame boundary (apply_pending_controls) began (bench only)."""
-
-    queued: dict[float, float]
-    applied: dict[float, float]
-    boundaries: list[float]
-
-    def set(self, path: str, value: Any, seconds: float | None = None, frames: int | None = None) -> None:
-        if path == "prompt.guidance":
-            self.queued[float(value)] = time.perf_counter()  # before the put, so never after the apply
-        super().set(path, value, seconds, frames)
-
-    def apply_pending_controls(self) -> None:
-        self.boundaries.append(time.perf_counter())
-        super().apply_pending_controls()
-
-    def _apply(self, control: Control) -> None:
-        super()._apply(control)
-        if isinstance(control, SetValue) and control.path == "prompt.guidance":
-            self.applied[control.value] = time.perf_counter()
-
-
 class _Rig:
+    """The engine running on its own thread as in `dreamwire run` (an unpaced pattern source, so a frame is always
+    waiting and frame time is the engine's own), its OSC surface on a real UDP port, and the times the engine's two
+    hooks report: each frame boundary (an output published: the next controls are applied right after it) and each
+    guidance value applied."""
+
     def __init__(self, models: Models, preset: Preset) -> None:
         config = preset.model_copy(deep=True)
         config.osc = OscConfig(port=0, query_port=0, feedback="", status_hz=0.0)
-        self.engine = _StampedEngine(config, models=models)
-        self.engine.queued, self.engine.applied, self.engine.boundaries = {}, {}, []
-        self.surface = OscTransport.alone(self.engine, config.osc, discovery=False)
+        stream = config.stream
+        config.io.input = f"pattern:?width={stream.width}&height={stream.height}&fps=0"
+        config.io.outputs = []
+        self.engine = engine = LiveEngine(config, models=models)
+        self.boundaries: list[float] = []  # perf_counter seconds, appended on the engine thread
+        self.applied: dict[float, float] = {}  # guidance value -> perf_counter seconds when it was applied
+        self.frames = 0  # output frames produced so far
+        engine.add_frame_listener(self._on_frame)
+        engine.add_listener(self._on_event)
+        self.surface = OscTransport.alone(engine, config.osc, discovery=False)
         assert self.surface.server is not None
         self.target = ("127.0.0.1", self.surface.server.port)
         self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        stream = config.stream
-        # A source faster than the engine, so that a frame is always waiting (frame time = the engine's own).
-        self.engine.start_io(source=PatternSource(stream.width, stream.height, fps=0), sinks=[_NullSink()])
-        self._stop = threading.Event()
-        self._loop = threading.Thread(target=self._run, name="bench-engine")
-        self._loop.start()
+        self._loop = spawn("dreamwire-bench-engine", lambda _stop: engine.run(), restart=False)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.engine.apply_pending_controls()
-            self.engine.step()
+    def _on_frame(self, frame_number: int, now: float) -> None:
+        self.frames = frame_number
+        self.boundaries.append(now)
+
+    def _on_event(self, event: EngineEvent) -> None:
+        if event.kind == "applied" and event.path == "prompt.guidance":
+            self.applied[float(event.value)] = time.perf_counter()
 
     def send(self, value: float) -> float:
         data = _message(ADDRESS, value)
@@ -83,16 +68,15 @@ class _Rig:
 
     def frames_in(self, seconds: float) -> float:
         """Output frames per second over `seconds` of wall time."""
-        first, start = self.engine.frame_number, time.perf_counter()
+        first, start = self.frames, time.perf_counter()
         time.sleep(seconds)
-        return (self.engine.frame_number - first) / (time.perf_counter() - start)
+        return (self.frames - first) / (time.perf_counter() - start)
 
     def close(self) -> None:
-        self._stop.set()
-        self._loop.join()
+        self.engine.stop()
+        self._loop.stop(timeout=None)  # run() closes the engine on its way out
         self.client.close()
         self.surface.close()
-        self.engine.close()
 
 
 def _message(address: str, value: float) -> bytes:
@@ -108,27 +92,26 @@ def _float32(value: float) -> float:
 
 def osc_benchmarks(models: Models, preset: Preset, messages: int = 200, seed: int = 0) -> dict[str, Any]:
     rig = _Rig(models, preset)
-    engine, rng = rig.engine, random.Random(seed)
+    rng = random.Random(seed)
     try:
-        while engine.frame_number < 5:  # warm-up
+        while rig.frames < 5:  # warm-up
             time.sleep(0.01)
-        first_boundary = len(engine.boundaries)
+        first_boundary = len(rig.boundaries)
         sent: dict[float, float] = {}
         for index in range(messages):
             value = _float32(0.5 + 0.01 * index)
             sent[value] = rig.send(value)
             time.sleep(rng.uniform(0.002, 0.03))  # at random moments relative to the frames
         deadline = time.perf_counter() + 30
-        while len(engine.applied) < messages and time.perf_counter() < deadline:
+        while len(rig.applied) < messages and time.perf_counter() < deadline:
             time.sleep(0.01)
-        boundaries = engine.boundaries[first_boundary:]
+        boundaries = rig.boundaries[first_boundary:]
         quiet_fps = rig.frames_in(1.0)
         burst_fps, burst_seconds = _burst_fps(rig, 2000)
     finally:
         rig.close()
-    done = [v for v in sent if v in engine.applied and v in engine.queued]
-    latency = [1000 * (engine.applied[v] - sent[v]) for v in done]
-    osc = [1000 * (engine.queued[v] - sent[v]) for v in done]  # what the OSC path adds before the frame boundary
+    done = [v for v in sent if v in rig.applied]
+    latency = [1000 * (rig.applied[v] - sent[v]) for v in done]
     frames = np.diff(boundaries) * 1000
     # Against the frame in progress when the message was sent (frame times vary, on a shared CPU a lot): latency
     # minus that frame's duration is at most the OSC path's own time when the change makes the next boundary.
@@ -137,8 +120,8 @@ def osc_benchmarks(models: Models, preset: Preset, messages: int = 200, seed: in
         before, after = _around(boundaries, sent[v])
         if before is None or after is None:
             continue
-        excess.append(1000 * (engine.applied[v] - sent[v]) - 1000 * (after - before))
-        next_boundary += engine.applied[v] < _following(boundaries, after)
+        excess.append(1000 * (rig.applied[v] - sent[v]) - 1000 * (after - before))
+        next_boundary += rig.applied[v] < _following(boundaries, after)
     return {
         "messages": messages,
         "applied": len(done),
@@ -146,8 +129,6 @@ def osc_benchmarks(models: Models, preset: Preset, messages: int = 200, seed: in
         "p50_ms": _percentile(latency, 50),
         "p99_ms": _percentile(latency, 99),
         "max_ms": max(latency, default=float("nan")),
-        "osc_p50_ms": _percentile(osc, 50),
-        "osc_p99_ms": _percentile(osc, 99),
         "frame_ms": float(np.median(frames)),
         "frame_p99_ms": _percentile(list(frames), 99),
         "excess_p99_ms": _percentile(excess, 99),
@@ -177,14 +158,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _burst_fps(rig: _Rig, count: int) -> tuple[float, float]:
     """Output fps while `count` messages are sent within about a second; and how long sending took."""
-    first, start = rig.engine.frame_number, time.perf_counter()
+    first, start = rig.frames, time.perf_counter()
     for index in range(count):
         rig.send(_float32(3.0 + 0.001 * (index % 1000)))
         if index % 100 == 99:
             time.sleep(max(0.0, start + (index + 1) / (count * 1.1) - time.perf_counter()))
     sending = time.perf_counter() - start
     time.sleep(max(0.0, 1.0 - sending))
-    return (rig.engine.frame_number - first) / (time.perf_counter() - start), sending
+    return (rig.frames - first) / (time.perf_counter() - start), sending
 
 
 def format_osc(result: dict[str, Any]) -> str:
@@ -193,8 +174,7 @@ def format_osc(result: dict[str, Any]) -> str:
         f" ms (max {result['max_ms']:.2f}); {result['applied_at_next_boundary']}/{result['messages']} applied at the"
         f" first boundary after they were sent; frame time median {result['frame_ms']:.2f} ms, p99"
         f" {result['frame_p99_ms']:.2f} ms. Latency − the frame in progress when sent: p99"
-        f" {result['excess_p99_ms']:.2f} ms (target < 2 ms: {'met' if result['met'] else 'NOT met'}). The OSC path"
-        f" alone (send → queued for the engine): p50 {result['osc_p50_ms']:.2f} ms, p99 {result['osc_p99_ms']:.2f} ms\n"
+        f" {result['excess_p99_ms']:.2f} ms (target < 2 ms: {'met' if result['met'] else 'NOT met'})\n"
         f"OSC burst: {result['fps_quiet']:.1f} fps quiet, {result['fps_during_burst']:.1f} fps while 2000 messages"
         f" arrived in {result['burst_seconds']:.2f} s"
     )

@@ -2,7 +2,7 @@
 the reference StreamDiffusion 0.1.1, on an sd-turbo-architecture model with random weights, in one run that
 fits a lent GPU's few minutes. README "GPU bench" gives the device command.
 
-    python -m engine.commands.bench_gpu --out DIR [--budget-s 400] [--reference-path DIR] [--tiny]
+    python -m engine.bench.gpu --out DIR [--budget-s 400] [--reference-path DIR] [--tiny]
 
 Per setting (img2img 1 step and 2 steps (cfg self), txt2img-turbo 1 step at 512x512; img2img 1 step at
 768x768 and 1024x576): fps with a host frame in and a host frame out (what the engine does per frame), the
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from engine.backends.select import select_backends
-from engine.commands.bench_gpu_profile import analyse_trace, format_analysis
-from engine.commands.bench_gpu_reference import PROMPT, bench_frames, timed_loop
+from engine.bench.gpu_profile import analyse_trace, format_analysis
+from engine.bench.gpu_reference import PROMPT, bench_frames, timed_loop
 from engine.config.schema import FilterConfig, ModelConfig, PromptConfig, StreamConfig
 from engine.core.errors import DreamwireError
 from engine.pipeline.codec import make_codec
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine.commands.bench_gpu", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m engine.bench.gpu", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for results.json, results.md and the profile")
     parser.add_argument("--budget-s", type=float, default=400.0, help="total seconds (default 400)")
     parser.add_argument("--tiny", action="store_true", help="dry run: the tiny model at 1/8 size (CPU)")
@@ -428,7 +428,7 @@ def _time_calls(call: Callable[[], Any], device: torch.device, seconds: float) -
 
 
 def _save_for_reference(models: Models, tiny: bool, report: Report) -> tuple[Path, Path] | None:
-    from engine.commands.bench_gpu_models import save_for_reference
+    from engine.bench.gpu_models import save_for_reference
 
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="dreamwire-bench-model-"))
@@ -467,7 +467,7 @@ def run_reference(
     path = [p for p in (args.reference_path, str(ROOT)) if p]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
     python = args.reference_python or sys.executable
-    command = [python, "-m", "engine.commands.bench_gpu_reference", json.dumps(spec)]
+    command = [python, "-m", "engine.bench.gpu_reference", json.dumps(spec)]
     report.note("timeline", f"{budget.elapsed():.0f} s: reference ({python}, PYTHONPATH={env['PYTHONPATH']})")
     with tempfile.TemporaryFile(mode="w+") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=str(ROOT), env=env)
@@ -581,7 +581,7 @@ def _build_models(tiny: bool, device: torch.device, dtype: torch.dtype) -> Model
     if tiny:
         name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(dtype, "float32")
         return load_models(ModelConfig(id="tiny", vae="tiny-taesd", dtype=name, device=str(device)))
-    from engine.commands.bench_gpu_models import build_sd_turbo
+    from engine.bench.gpu_models import build_sd_turbo
 
     return build_sd_turbo(device, dtype)
 

@@ -3,7 +3,7 @@ times ours: same model folder, settings, frames, host copies and energy meter. I
 with the reference's packages first on PYTHONPATH (diffusers 0.24, transformers 4.45): this module imports
 nothing of dreamwire's but gpu_energy (standard library + pynvml).
 
-    python -m engine.commands.bench_gpu_reference '{"model_dir": ..., "vae_dir": ..., "dtype": "float16",
+    python -m engine.bench.gpu_reference '{"model_dir": ..., "vae_dir": ..., "dtype": "float16",
         "device": "cuda", "settings": [{"name": ..., "mode": "img2img", ...}], "warmup_s": 0.5, "timed_s": 2}'
 
 Prints one line `RESULT {json}` per setting as soon as it is measured (so a timeout keeps what was done).
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.commands.gpu_energy import EnergyMeter
+from engine.bench.gpu_energy import EnergyMeter
 
 PROMPT = "a painting of a lighthouse in a storm, vivid colours"
 

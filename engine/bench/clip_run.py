@@ -1,7 +1,7 @@
 """Our side of the side-by-side check: the same command line and output as the reference's run_reference.py
 (../shared/tools/reference), so `dreamwire bench` can run both the same way, each in a fresh process.
 
-    python -m engine.commands.clip_run MODEL_DIR FRAMES.npy OUT.npy '{"t_index_list": [32, 45], ...}'
+    python -m engine.bench.clip_run MODEL_DIR FRAMES.npy OUT.npy '{"t_index_list": [32, 45], ...}'
 
 Prints one JSON line: fps over the clip (after the first frame), frames, shape.
 """
