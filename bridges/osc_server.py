@@ -7,6 +7,14 @@ would skip the one and zero-pad the other, so a truncated float became 0.0). Mal
 logged at debug level, never raised. Bundles are handled at once whatever their time tag (a future time tag
 must never put the server to sleep). A 4 MB receive buffer for bursts; an optional allow-list of sender IPs.
 It knows nothing of the engine.
+
+Floods: after a datagram, the ones already waiting in the socket are read too (up to MAX_BATCH). When more than
+FLOOD_BATCH were waiting (a flood, not a controller's ordinary stream: those are all answered), then in a run of
+messages to one address for which `newest_wins(address)` says so (the control surface: parameters and blends),
+only the newest is parsed and handed on; the others are counted (`osc_coalesced`) and dropped unread, as the
+engine would supersede them (and, like a superseded change, they are answered by nothing). Four controllers
+flooding one fader then cost the server a read each, not a parse and a validation each, and the engine thread
+keeps the GIL it needs for its frames.
 """
 
 from __future__ import annotations
@@ -29,7 +37,10 @@ log = logging.getLogger(__name__)
 
 Sender = tuple[str, int]
 OnMessage = Callable[[str, list[Any], Sender], None]
+NewestWins = Callable[[str], bool]
 
+MAX_BATCH = 1024  # datagrams read in one go from the socket before any is handled
+FLOOD_BATCH = 64  # more waiting than this is a flood: runs to one address are coalesced (see the docstring)
 RECEIVE_BUFFER_BYTES = 4 * 2**20  # a burst of thousands of small datagrams waits here, not in the bin
 MAX_DATAGRAM_BYTES = 65507  # the largest UDP payload (python-osc's socketserver default reads 8192)
 TYPE_TAGS = frozenset("ihfdsbrmtTFN[]")  # what python-osc 1.10.2 parses; anything else is malformed
@@ -126,12 +137,21 @@ class _Server(socketserver.UDPServer):
 class OscServer:
     """UDP OSC server on its own thread. `port` is the bound port (useful with port 0)."""
 
-    def __init__(self, host: str, port: int, on_message: OnMessage, allow: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        on_message: OnMessage,
+        allow: Collection[str] = (),
+        newest_wins: NewestWins | None = None,
+    ) -> None:
         self.on_message = on_message
+        self.newest_wins = newest_wins
         self.allow = frozenset(str(ipaddress.ip_address(ip)) for ip in allow)
         self.datagrams = 0  # every datagram received, accepted or not
         self.malformed = 0
         self.refused = 0  # from a sender outside osc.allow
+        self.coalesced = 0  # dropped unread: a newer message to the same address followed in the same burst
         try:
             self._server = _Server((host, port), self)
         except OSError as error:
@@ -158,8 +178,43 @@ class OscServer:
         self._serving.close()
 
     def receive(self, data: bytes, sender: Sender) -> None:
-        """On the server thread: count, check the sender, check and parse the datagram (once), hand it on."""
-        self.datagrams += 1
+        """On the server thread: this datagram and those already waiting, a burst's older duplicates dropped."""
+        batch = [(data, sender), *self._waiting()]
+        self.datagrams += len(batch)
+        flood = len(batch) > FLOOD_BATCH
+        for index, (datagram, source) in enumerate(batch):
+            if flood and index + 1 < len(batch) and self._superseded(datagram, batch[index + 1][0]):
+                self.coalesced += 1
+                continue
+            self._handle(datagram, source)
+
+    def _waiting(self) -> list[tuple[bytes, Sender]]:
+        """The datagrams already in the socket's buffer (up to MAX_BATCH - 1), read without waiting."""
+        sock, found = self._server.socket, []
+        sock.settimeout(0.0)
+        try:
+            while len(found) < MAX_BATCH - 1:
+                found.append(sock.recvfrom(MAX_DATAGRAM_BYTES))
+        except OSError:  # BlockingIOError: nothing more waits (or a transient error: the next read says so)
+            pass
+        finally:
+            sock.settimeout(None)
+        return found
+
+    def _superseded(self, datagram: bytes, following: bytes) -> bool:
+        """The next datagram is a message to the same address, and only the newest of those matters."""
+        if self.newest_wins is None or datagram.startswith(BUNDLE_HEAD) or following.startswith(BUNDLE_HEAD):
+            return False
+        end = datagram.find(b"\0")
+        if end <= 0 or following[: end + 1] != datagram[: end + 1]:
+            return False
+        try:
+            return self.newest_wins(datagram[:end].decode())
+        except UnicodeDecodeError:
+            return False
+
+    def _handle(self, data: bytes, sender: Sender) -> None:
+        """Check the sender, check and parse the datagram (once), hand its messages on."""
         if self.allow and sender[0] not in self.allow:
             self.refused += 1
             log.debug("OSC: datagram from %s refused (not in osc.allow)", sender[0])
@@ -175,7 +230,12 @@ class OscServer:
             self.on_message(address, args, sender)
 
     def counters(self) -> dict[str, int]:
-        return {"osc_datagrams": self.datagrams, "osc_malformed": self.malformed, "osc_refused": self.refused}
+        return {
+            "osc_datagrams": self.datagrams,
+            "osc_malformed": self.malformed,
+            "osc_refused": self.refused,
+            "osc_coalesced": self.coalesced,
+        }
 
 
 class ServerThread:

@@ -108,6 +108,11 @@ def test_status_burst_names_the_source_state_and_the_supervisor_numbers(rig):
 
     thread = default_supervisor().spawn("test-failing-grabber", fails, backoff_start=5.0)
     try:
+        deadline = time.perf_counter() + 10
+        while not thread.failing:  # died (its streak is on) before the burst is asked for
+            assert time.perf_counter() < deadline
+            time.sleep(0.001)
+        r.feedback.pending.clear()  # only what answers this /status (a timed burst may have gone out before)
         r.controller.send("/status")
         assert r.feedback.wait(f"{NS}/status/source") == ["waiting for camera:0: no camera found"]
         assert isinstance(r.feedback.wait(f"{NS}/status/thread_restarts")[0], int)

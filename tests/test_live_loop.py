@@ -70,8 +70,9 @@ def test_a_burst_of_one_key_drains_in_about_one_change(engine):
     assert live.preset.stream.t_index_list == [499 % 20, 20 + 499 % 25]
 
 
-def test_a_burst_of_commands_is_applied_over_several_frames(engine):
-    """Blends keep their order, so they are not merged: a bound per drain keeps frames coming between them."""
+def test_a_burst_of_blends_is_merged_and_a_burst_of_transitions_is_applied_over_several_frames(engine):
+    """Cut blends are newest-wins like values; transitions keep their order, so a bound per drain keeps frames
+    coming between them."""
     from engine.live.loop import MAX_CONTROLS_PER_DRAIN
 
     live = engine()
@@ -79,10 +80,17 @@ def test_a_burst_of_commands_is_applied_over_several_frames(engine):
     live.add_listener(events.append)
     sent = [live.blend_seeds([(k, 0.5), (k + 1, 0.5)]) for k in range(MAX_CONTROLS_PER_DRAIN + 36)]
     live.apply_pending_controls()
+    by_request = {e.request_id: e for e in events}
+    assert sorted(by_request) == sent and by_request[sent[-1]].kind == "applied"
+    assert {by_request[r].kind for r in sent[:-1]} == {"superseded"} and live.controls.empty()
+
+    events.clear()
+    moving = [live.blend_seeds([(k, 0.5), (k + 1, 0.5)], frames=2) for k in range(MAX_CONTROLS_PER_DRAIN + 36)]
+    live.apply_pending_controls()
     assert 1 <= len(events) <= MAX_CONTROLS_PER_DRAIN and not live.controls.empty()
     while not live.controls.empty():
         live.apply_pending_controls()
-    assert [e.request_id for e in events] == sent and {e.kind for e in events} == {"applied"}
+    assert [e.request_id for e in events] == moving and {e.kind for e in events} == {"applied"}
 
 
 def test_a_control_applies_within_one_frame_when_no_input_arrives(engine, monkeypatch):

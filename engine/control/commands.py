@@ -61,6 +61,9 @@ class Command:
     value: Getter | None = None  # OSCQuery VALUE (then ACCESS is read-write), and what /get answers
     ours: bool = True  # listed among dreamwire's commands (False: only a StreamDiffusionTD name)
     streamdiffusiontd: str = ""  # StreamDiffusionTD's meaning under the same address ("": not one of its names)
+    # Only the newest of a run of these matters (a value, a blend): a transport may drop the older ones of a burst
+    # unread, as the engine would supersede them. False for queries, barriers (/transition) and one-shot commands.
+    newest_wins: bool = False
 
 
 # ---- handlers ---------------------------------------------------------------------------------------------
@@ -251,9 +254,16 @@ COMMANDS: tuple[Command, ...] = (
         "(Max) is joined up to the next number.",
         prompt_blend,
         osc_type="sf",
+        newest_wins=True,
     ),
     Command(
-        "seed_blend", "/seed/blend", "i f i f …", "Blend the fixed noise of several seeds by weight.", seed_blend, "if"
+        "seed_blend",
+        "/seed/blend",
+        "i f i f …",
+        "Blend the fixed noise of several seeds by weight.",
+        seed_blend,
+        "if",
+        newest_wins=True,
     ),
     Command(
         "transition",
@@ -315,6 +325,7 @@ COMMANDS: tuple[Command, ...] = (
         "f",
         range=lambda: [{"MIN": 0.0, "MAX": 1.0}],
         value=strength_value,
+        newest_wins=True,
     ),
     Command(
         "prompt_list",
@@ -325,6 +336,7 @@ COMMANDS: tuple[Command, ...] = (
         "s",
         ours=False,
         streamdiffusiontd="JSON `[[text, weight], …]`: a prompt blend (slerp).",
+        newest_wins=True,
     ),
     Command(
         "seed_list",
@@ -335,6 +347,7 @@ COMMANDS: tuple[Command, ...] = (
         "s",
         ours=False,
         streamdiffusiontd="JSON `[[seed, weight], …]`: a seed blend.",
+        newest_wins=True,
     ),
     Command(
         "get_status",

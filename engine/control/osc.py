@@ -59,7 +59,7 @@ class OscTransport:
         config, surface, engine = self.config, self.surface, self.surface.engine
         if config.feedback:
             self.feedback = OscFeedback(config.feedback)
-        self.server = OscServer(config.host, config.port, surface.handle, config.allow)
+        self.server = OscServer(config.host, config.port, surface.handle, config.allow, surface.newest_wins)
         query_port = self.server.port if config.query_port is None else config.query_port
         # The OSCQuery server's WebSocket is a second way in and out: the control page and LISTEN clients send
         # through the same surface (the same network rule) and receive every message the surface sends out.

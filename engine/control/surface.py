@@ -135,6 +135,15 @@ class ControlSurface:
         except DreamwireError as error:
             self.refuse(address, str(error), sender)
 
+    def newest_wins(self, address: str) -> bool:
+        """In a run of messages to `address`, only the newest matters (a parameter, a blend): a transport may
+        drop the older ones of a burst unread. What the engine would supersede anyway; it answers nothing."""
+        try:
+            route = self.router.route(address)
+        except DreamwireError:
+            return False  # an unknown address: each one is answered
+        return route.command is None or route.command.newest_wins
+
     def refuse(self, address: str, reason: str, sender: Sender | None = None) -> None:
         line = f"{address}: {reason}"
         self.reply("/error", line)

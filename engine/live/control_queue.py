@@ -1,10 +1,11 @@
 """The queue between the senders (any thread) and the engine thread: coalesced, so a burst costs one change.
 
-Between two frames only the newest value per parameter matters: a change sent at once (a cut) replaces a queued
-cut of the same parameter in its place, and the older one ends as "superseded". A transition (a change with a
-duration) and a command (pause, reset, a blend) are never merged: they keep their order, and a cut that follows
-one of them for the same thing (the same `apply` group, e.g. guidance; a reset touches every group) is queued
-after it, not merged into a place before it, so the last word stays the last word. t_index_list and
+Between two frames only the newest value per parameter matters: a change sent at once (a cut: a value, a prompt
+blend or a seed blend) replaces a queued cut of the same parameter in its place, and the older one ends as
+"superseded". A transition (a change with a duration) and a command (pause, reset) are never merged: they keep
+their order, and a cut that follows one of them for the same thing (the same `apply` group, e.g. guidance; a
+reset touches every group) is queued after it, not merged into a place before it, so the last word stays the
+last word. t_index_list and
 num_inference_steps share a group ("schedule"), so they never pass each other: each is checked against the other.
 
 The engine takes controls one at a time (take()) with its own bound per drain, and may leave some queued: those
@@ -74,7 +75,7 @@ class ControlQueue:
 
     def _put(self, control: Control) -> None:
         group = group_of(control)
-        cut = isinstance(control, SetValue) and control.duration.is_cut
+        cut = isinstance(control, SetValue | BlendPrompts | BlendSeeds) and control.duration.is_cut
         if cut:
             older = self._cuts.get(control.path)
             if (
