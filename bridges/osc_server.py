@@ -1,11 +1,12 @@
-"""The OSC transport: a python-osc BlockingOSCUDPServer on its own thread that hands every message to one
-callable, `on_message(address, args, sender)`.
+"""The OSC server: a UDP socket on its own supervised thread that hands every message to one callable,
+`on_message(address, args, sender)` (the control surface's `handle`, through engine/control/osc.py).
 
-What it adds to python-osc: malformed datagrams are counted (python-osc drops them silently) and logged at
-debug level, never raised; unknown type tags count as malformed (python-osc would log a warning per datagram
-and skip the argument); `Dispatcher(strict_timing=False)` so a bundle timestamped in the future is handled
-now instead of putting the server to sleep; a 4 MB receive buffer for bursts; an optional allow-list of
-sender IPs. It knows nothing of the engine: the router (engine/live/osc_control.py) decides what a message means.
+python-osc parses; the rest is ours. Each datagram is parsed once (`OscPacket`), after a structural check that
+python-osc does not make: unknown type tags and arguments shorter than their type tags are malformed (python-osc
+would skip the one and zero-pad the other, so a truncated float became 0.0). Malformed datagrams are counted and
+logged at debug level, never raised. Bundles are handled at once whatever their time tag (a future time tag
+must never put the server to sleep). A 4 MB receive buffer for bursts; an optional allow-list of sender IPs.
+It knows nothing of the engine.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ import logging
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Callable, Collection
 from typing import Any
 
-from pythonosc.dispatcher import Dispatcher, Handler
 from pythonosc.osc_packet import OscPacket
-from pythonosc.osc_server import BlockingOSCUDPServer
 from pythonosc.parsing import osc_types
 
 from engine.core.errors import DreamwireError
+from engine.core.supervisor import SupervisedThread, spawn
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ MAX_DATAGRAM_BYTES = 65507  # the largest UDP payload (python-osc's socketserver
 TYPE_TAGS = frozenset("ihfdsbrmtTFN[]")  # what python-osc 1.10.2 parses; anything else is malformed
 MAX_BUNDLE_DEPTH = 8
 BUNDLE_HEAD = b"#bundle\x00"
+FIXED_SIZE = {"i": 4, "f": 4, "r": 4, "m": 4, "c": 4, "h": 8, "d": 8, "t": 8}  # payload bytes per type tag
 
 
 def check_packet(data: bytes, depth: int = 0) -> None:
@@ -62,44 +63,63 @@ def check_packet(data: bytes, depth: int = 0) -> None:
         if not address.isprintable():
             raise ValueError(f"address {address!r} has unprintable characters")
         if index < len(data):
-            tags, _ = osc_types.get_string(data, index)
+            tags, after = osc_types.get_string(data, index)
             if not tags.startswith(","):
                 raise ValueError(f"type tags {tags!r} do not start with ','")
             unknown = set(tags[1:]) - TYPE_TAGS
             if unknown:
                 raise ValueError(f"unsupported type tags {''.join(sorted(unknown))!r}")
+            check_arguments(data, after, tags[1:])
     except osc_types.ParseError as error:
         raise ValueError(str(error)) from None
 
 
-class _EveryAddress(Dispatcher):
-    """python-osc's dispatcher, with every address routed to one handler: the router does its own exact lookup
-    (no per-message regex, and no message lost to an address pattern python-osc cannot compile)."""
+def check_arguments(data: bytes, index: int, tags: str) -> None:
+    """Raise ValueError when the arguments from `index` are shorter than `tags` say (python-osc zero-pads)."""
+    for number, tag in enumerate(tags, 1):
+        if tag in FIXED_SIZE:
+            index += FIXED_SIZE[tag]
+        elif tag == "s":
+            end = data.find(b"\x00", index)
+            if end < 0:
+                raise ValueError(f"argument {number} (s) has no end")
+            index += _padded(end - index + 1)
+        elif tag == "b":
+            if index + 4 > len(data):
+                raise ValueError(f"argument {number} (b) has no size")
+            size = int.from_bytes(data[index : index + 4], "big", signed=True)
+            if size < 0:
+                raise ValueError(f"argument {number} (b) has a negative size")
+            index += 4 + _padded(size)
+        if index > len(data):
+            raise ValueError(f"argument {number} ({tag}) is missing: the message ends at byte {len(data)}")
 
-    def __init__(self, handler: Callable[..., None]) -> None:
-        super().__init__(strict_timing=False)  # a future time tag must never sleep the server
-        self._only = Handler(handler, [], True)
 
-    def handlers_for_address(self, address_pattern: str) -> Generator[Handler, None, None]:
-        yield self._only
+def _padded(size: int) -> int:
+    return (size + 3) // 4 * 4
 
 
-class _Server(BlockingOSCUDPServer):
+def parse(data: bytes) -> list[tuple[str, list[Any]]]:
+    """Every message of a checked datagram, in order (bundles flattened; their time tags ignored)."""
+    return [(timed.message.address, list(timed.message.params)) for timed in OscPacket(data).messages]
+
+
+class _Server(socketserver.UDPServer):
     max_packet_size = MAX_DATAGRAM_BYTES
 
-    def __init__(self, address: Sender, dispatcher: Dispatcher, owner: OscServer) -> None:
+    def __init__(self, address: Sender, owner: OscServer) -> None:
         self.owner = owner
-        super().__init__(address, dispatcher)
+        super().__init__(address, socketserver.BaseRequestHandler)
 
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         super().server_bind()
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        return self.owner.accept(request[0], client_address)
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        self.owner.receive(request[0], client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # socketserver would print a traceback; the router catches its own errors, so this is a bug worth a line
+        # socketserver would print a traceback; receive() catches its own errors, so this is a bug worth a line
         log.exception("OSC: handling a datagram from %s failed", client_address)
 
 
@@ -113,7 +133,7 @@ class OscServer:
         self.malformed = 0
         self.refused = 0  # from a sender outside osc.allow
         try:
-            self._server = _Server((host, port), _EveryAddress(self._dispatch), self)
+            self._server = _Server((host, port), self)
         except OSError as error:
             raise DreamwireError(f"OSC: cannot listen on UDP {host}:{port} ({error.strerror or error})") from None
         self.host, self.port = self._server.server_address[:2]
@@ -137,46 +157,48 @@ class OscServer:
     def close(self) -> None:
         self._serving.close()
 
-    def accept(self, data: bytes, sender: Sender) -> bool:
-        """On the server thread, before python-osc dispatches: count, check the sender and the structure."""
+    def receive(self, data: bytes, sender: Sender) -> None:
+        """On the server thread: count, check the sender, check and parse the datagram (once), hand it on."""
         self.datagrams += 1
         if self.allow and sender[0] not in self.allow:
             self.refused += 1
             log.debug("OSC: datagram from %s refused (not in osc.allow)", sender[0])
-            return False
+            return
         try:
             check_packet(data)
-            OscPacket(data)  # parses every argument; python-osc would swallow a failure here silently
+            messages = parse(data)
         except Exception as error:  # any parse failure of a stranger's datagram: count it, never raise
             self.malformed += 1
             log.debug("OSC: malformed datagram from %s (%d bytes): %s", sender[0], len(data), error)
-            return False
-        return True
+            return
+        for address, args in messages:
+            self.on_message(address, args, sender)
 
     def counters(self) -> dict[str, int]:
         return {"osc_datagrams": self.datagrams, "osc_malformed": self.malformed, "osc_refused": self.refused}
 
-    def _dispatch(self, sender: Sender, address: str, *args: Any) -> None:
-        self.on_message(address, list(args), sender)
-
 
 class ServerThread:
-    """A socketserver served on its own daemon thread; close() returns within the 0.1 s poll interval."""
+    """A socketserver served on a supervised thread (engine/core/supervisor.py): one request at a time, the stop
+    event looked at every 0.1 s, so close() returns within that."""
+
+    POLL_SECONDS = 0.1
 
     def __init__(self, server: socketserver.BaseServer, name: str) -> None:
         self.server, self.name = server, name
-        self._thread: threading.Thread | None = None
+        self.server.timeout = self.POLL_SECONDS
+        self._thread: SupervisedThread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, name=self.name, daemon=True
-        )
-        self._thread.start()
+        self._thread = spawn(self.name, self._serve)
+
+    def _serve(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.server.handle_request()  # returns after one request or the timeout
 
     def close(self) -> None:
-        if self._thread is not None:  # shutdown() on a server that never served would wait forever
-            self.server.shutdown()
-            self._thread.join()
+        if self._thread is not None:
+            self._thread.stop(timeout=2.0)
             self._thread = None
         self.server.server_close()
 

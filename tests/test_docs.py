@@ -13,7 +13,7 @@ def test_readme_parameter_table_matches_the_registry():
 
 
 def test_readme_osc_tables_match_the_address_space():
-    from engine.live.osc_addresses import markdown_tables
+    from engine.control.docs import markdown_tables
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert markdown_tables() in readme, "regenerate the README's OSC tables from osc_addresses.markdown_tables()"
+    assert markdown_tables() in readme, "regenerate the README's OSC tables from engine.control.docs.markdown_tables()"

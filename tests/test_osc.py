@@ -25,10 +25,11 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from engine.config.presets import load_preset
 from engine.config.registry import registry
 from engine.config.schema import OscConfig, Preset
+from engine.control.coerce import osc_type
+from engine.control.osc import OscTransport
+from engine.control.routes import parameter_address
 from engine.live.events import EngineEvent
 from engine.live.loop import LiveEngine
-from engine.live.osc_addresses import osc_type, parameter_address
-from engine.live.osc_surface import OscSurface
 
 NS = "/dreamwire"
 
@@ -111,7 +112,7 @@ def message(address: str, *args: Any) -> bytes:
 
 
 class Rig:
-    def __init__(self, engine: LiveEngine, surface: OscSurface, feedback: Feedback) -> None:
+    def __init__(self, engine: LiveEngine, surface: OscTransport, feedback: Feedback) -> None:
         self.engine, self.surface, self.feedback = engine, surface, feedback
         assert surface.server is not None and surface.query is not None
         self.controller = Controller(surface.server.port)
@@ -181,7 +182,7 @@ def rig(tiny_taesd_models) -> Iterator[Any]:
             **{"port": 0, "query_port": 0, "feedback": f"127.0.0.1:{feedback.port}", "status_hz": 0, **osc}
         )
         engine = LiveEngine(config, models=tiny_taesd_models)
-        rigs.append(Rig(engine, OscSurface.start(engine, config.osc, discovery=False), feedback))
+        rigs.append(Rig(engine, OscTransport.alone(engine, config.osc, discovery=False), feedback))
         return rigs[-1]
 
     yield make
@@ -284,7 +285,7 @@ def test_rebuild_keys_change_when_the_preset_allows_it_but_file_uris_never(rig):
     r.controller.send(f"{NS}/stream/width", 96)
     r.controller.send(f"{NS}/stream/t_index_list", 5, 15, 30)  # another length: a rebuild, allowed here
     errors = r.controller.sync(r.feedback)
-    assert len(errors) == 2 and all("file: URIs are refused over OSC" in line for line in errors)
+    assert len(errors) == 2 and all("file: URIs are refused over the network" in line for line in errors)
     deadline = time.perf_counter() + 30
     while r.engine.preset.stream.width != 96:
         assert time.perf_counter() < deadline, "the rebuild did not finish"
@@ -362,7 +363,7 @@ def test_bad_values_unknown_addresses_and_refused_keys_answer_on_error_and_keep_
     before, requested = r.engine.preset.model_dump(), r.engine.requested.snapshot().model_dump()
     for address, args, _ in BAD:
         r.controller.send(address, *args)
-    with caplog.at_level(logging.WARNING, logger="engine.live.osc_control"):
+    with caplog.at_level(logging.WARNING, logger="engine.control.surface"):
         errors = r.controller.sync(r.feedback)
     r.apply()
     assert len(errors) == len(BAD)
@@ -373,7 +374,7 @@ def test_bad_values_unknown_addresses_and_refused_keys_answer_on_error_and_keep_
     assert r.engine.requested.snapshot().model_dump() == requested
     assert not r.engine.paused
     logged = [rec.getMessage() for rec in caplog.records]
-    assert sum(line.startswith("OSC /") for line in logged) >= 20  # one log line each, throttled at 20 a second
+    assert sum(line.startswith("refused /") for line in logged) >= 20  # one log line each, throttled at 20 a second
 
 
 def test_commands_pause_play_reset_transition_blends_strength(rig):

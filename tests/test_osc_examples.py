@@ -17,10 +17,12 @@ from conftest import preset
 
 from engine.config.registry import registry
 from engine.config.schema import OscConfig
+from engine.control.messages import STATUS
+from engine.control.osc import OscTransport
+from engine.control.routes import Router, parameter_address
 from engine.core.errors import DreamwireError
 from engine.live.loop import LiveEngine
-from engine.live.osc_addresses import STATUS_ADDRESSES, AddressSpace, parameter_address, strength_to_t_index_list
-from engine.live.osc_surface import OscSurface
+from engine.live.strength import strength_to_t_index_list
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "/dreamwire"
@@ -28,13 +30,13 @@ NS = "/dreamwire"
 
 def _feedback_addresses() -> set[str]:
     """What dreamwire sends to the feedback port."""
-    sent = {NS + address for address, _ in STATUS_ADDRESSES.values()}
+    sent = {NS + item.address for item in STATUS}
     sent |= {f"{NS}/status/prompt", f"{NS}/error", f"{NS}/status", f"{NS}/strength", f"{NS}/pause"}
     return sent | {NS + parameter_address(path) for path in registry()}
 
 
 def _unknown(addresses: set[str]) -> list[str]:
-    space, feedback, bad = AddressSpace(NS), _feedback_addresses(), []
+    space, feedback, bad = Router(NS), _feedback_addresses(), []
     for address in sorted(addresses):
         try:
             space.route(address)
@@ -85,7 +87,7 @@ def running_engine(tiny_taesd_models):
     config = preset()
     config.osc = OscConfig(port=0, query_port=0, feedback=f"127.0.0.1:{feedback_port}", status_hz=0)
     engine = LiveEngine(config, models=tiny_taesd_models)
-    surface = OscSurface.start(engine, config.osc, discovery=False)
+    surface = OscTransport.alone(engine, config.osc, discovery=False)
     engine.start_io(source=PatternSource(64, 64, fps=0), sinks=[])
     stop = threading.Event()
 

@@ -22,9 +22,9 @@ import numpy as np
 from bridges.pattern import PatternSource
 from engine.commands.bench_live import _NullSink
 from engine.config.schema import OscConfig, Preset
+from engine.control.osc import OscTransport
 from engine.live.controls import Control, SetValue
 from engine.live.loop import LiveEngine
-from engine.live.osc_surface import OscSurface
 from engine.pipeline.models import Models
 
 ADDRESS = "/dreamwire/prompt/guidance"
@@ -59,7 +59,7 @@ class _Rig:
         config.osc = OscConfig(port=0, query_port=0, feedback="", status_hz=0.0)
         self.engine = _StampedEngine(config, models=models)
         self.engine.queued, self.engine.applied, self.engine.boundaries = {}, {}, []
-        self.surface = OscSurface.start(self.engine, config.osc, discovery=False)
+        self.surface = OscTransport.alone(self.engine, config.osc, discovery=False)
         assert self.surface.server is not None
         self.target = ("127.0.0.1", self.surface.server.port)
         self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

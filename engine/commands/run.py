@@ -10,10 +10,10 @@ from types import FrameType
 
 from bridges.uri import open_sink, open_source
 from engine.config.schema import Preset
+from engine.control.osc import OscTransport
 from engine.core.instance import DEFAULT_INSTANCE, Instance
 from engine.live.loop import LiveEngine
 from engine.live.metrics import StatusLinePrinter
-from engine.live.osc_surface import OscSurface
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,13 @@ def with_instance_osc_ports(preset: Preset, instance: Instance) -> Preset:
     return preset.model_copy(update={"osc": preset.osc.model_copy(update=update)}) if update else preset
 
 
-def start_osc(engine: LiveEngine, preset: Preset) -> OscSurface | None:
-    """The OSC control surface (osc.enabled); a port that cannot be bound stops here, with the engine closed."""
+def start_osc(engine: LiveEngine, preset: Preset) -> OscTransport | None:
+    """The control surface and its OSC transport (osc.enabled); a port that cannot be bound stops here, with the
+    engine closed. More transports (the control page, MIDI) take `transport.surface`."""
     if not preset.osc.enabled:
         return None
     try:
-        return OscSurface.start(engine, preset.osc)
+        return OscTransport.alone(engine, preset.osc)
     except BaseException:
         engine.close()
         raise

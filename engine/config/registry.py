@@ -1,6 +1,7 @@
 """The parameter registry: one table (name, type, range or choices, default, doc, live or rebuild, apply handler),
-read off the preset schema in engine/config/schema.py. Presets, OSC, OSCQuery, errors, the live engine's apply
-handlers and the README table all come from here."""
+read off the preset schema in engine/config/schema.py. Presets, the control surface (engine/control/: its
+addresses, OSCQuery; its commands are a table of its own), errors, the live engine's apply handlers and the
+README table all come from here."""
 
 from __future__ import annotations
 
@@ -99,21 +100,3 @@ def markdown_table() -> str:
         allowed = spec.allowed().replace("|", "\\|")  # "str|null" inside a table cell
         rows.append(f"| `{spec.path}` | {allowed} | `{spec.default!r}` | {spec.when} | {spec.doc} |")
     return "\n".join(rows)
-
-
-@dataclass(frozen=True)
-class CommandSpec:
-    """An engine command that is not a preset value (OSC: "/" + name with "/" for ".")."""
-
-    name: str
-    arguments: str
-    doc: str
-
-
-COMMANDS: tuple[CommandSpec, ...] = (
-    CommandSpec("pause", "bool", "Hold the output (sinks keep the last frame); false resumes."),
-    CommandSpec("reset", "-", "Re-prepare from the current values: fresh noise and empty buffers (a deliberate cut)."),
-    CommandSpec("prompt.blend", "[text, weight]..., method", "Blend prompts' embeddings (linear or slerp)."),
-    CommandSpec("seed.blend", "[seed, weight]...", "Blend the fixed noise of several seeds (slerp)."),
-    CommandSpec("transition", "seconds or frames", "Any live value, prompt or seed change can morph over a duration."),
-)

@@ -169,7 +169,7 @@ class IOConfig(Section):
 
 
 class OscConfig(Section):
-    """The OSC control surface and its OSCQuery server (engine/live/osc_surface.py)."""
+    """The control surface (engine/control/surface.py) and its OSC transport with OSCQuery (engine/control/osc.py)."""
 
     enabled: bool = at_start(True, "Start the OSC server (UDP) and its OSCQuery server (HTTP) with `dreamwire run`.")
     host: str = at_start(

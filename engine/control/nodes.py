@@ -1,0 +1,55 @@
+"""The OSCQuery nodes of a control surface, read off the registry, the command table and the status table:
+{full address: attributes} with VALUE as it is now (bridges/oscquery.py serves them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.config.registry import registry
+from engine.control.coerce import osc_args, osc_type
+from engine.control.commands import COMMANDS
+from engine.control.messages import STATUS, status_args
+from engine.control.routes import parameter_address
+from engine.control.surface import ControlSurface
+
+
+def oscquery_nodes(surface: ControlSurface) -> dict[str, dict[str, Any]]:
+    """{full address: OSCQuery attributes} for every parameter, command and status value."""
+    out = surface.router.out
+    nodes: dict[str, dict[str, Any]] = {}
+    for spec in registry().values():
+        value = surface.value(spec.path)
+        node: dict[str, Any] = {
+            "TYPE": osc_type(spec, value),
+            "ACCESS": 3 if surface.writable(spec) else 1,
+            "VALUE": osc_args(value),
+            "DESCRIPTION": f"{spec.doc} ({spec.when})",
+        }
+        if spec.choices:
+            node["RANGE"] = [{"VALS": list(spec.choices)}]
+        elif spec.kind == "bool":
+            node["RANGE"] = [{"MIN": 0, "MAX": 1}]
+        elif spec.minimum is not None or spec.maximum is not None:
+            node["RANGE"] = [{"MIN": _number(spec.minimum), "MAX": _number(spec.maximum)}]
+        nodes[out(parameter_address(spec.path))] = node
+    for command in COMMANDS:
+        if not command.ours:
+            continue  # a StreamDiffusionTD name: its patches don't browse OSCQuery
+        node = {"TYPE": command.osc_type, "ACCESS": 2, "DESCRIPTION": command.doc}
+        if command.value is not None:
+            node["ACCESS"], node["VALUE"] = 3, command.value(surface)
+        if command.range is not None:
+            node["RANGE"] = command.range()
+        nodes[out(command.address)] = node
+    now = surface.status_values()
+    for item in STATUS:
+        node = {"TYPE": item.osc_type, "ACCESS": 1, "DESCRIPTION": item.doc}
+        args = status_args(now.get(item.key), item.osc_type)
+        if args is not None:
+            node["VALUE"] = args
+        nodes[out(item.address)] = node
+    return nodes
+
+
+def _number(value: float | None) -> float | int | None:
+    return int(value) if value is not None and float(value).is_integer() else value

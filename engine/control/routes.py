@@ -1,0 +1,97 @@
+"""The router: an address as received → a registry parameter or a command of the table (engine/control/
+commands.py). One address per parameter (`/<section>/<name>`), the commands, short aliases for existing
+patches, and StreamDiffusionTD's names.
+
+The namespace (`osc.namespace`, "/dreamwire") is optional on what arrives (`/dreamwire/prompt/guidance` and
+`/prompt/guidance` are the same address) and always used on what is sent back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from engine.config.registry import registry
+from engine.control.coerce import osc_type
+from engine.control.commands import COMMANDS, Command, parameter_address
+from engine.core.errors import DreamwireError
+
+
+@dataclass(frozen=True)
+class Route:
+    address: str  # relative to the namespace, e.g. "/guidance"
+    target: str  # a registry path ("prompt.guidance") or, for a command, its name ("pause")
+    command: Command | None = None
+    arguments: str = ""  # for the docs, e.g. "f", "s…", "[i]"
+
+
+ALIASES: tuple[Route, ...] = (
+    Route("/prompt", "prompt.text", arguments="s…"),
+    Route("/negative_prompt", "prompt.negative", arguments="s…"),
+    Route("/guidance", "prompt.guidance", arguments="f"),
+    Route("/delta", "prompt.delta", arguments="f"),
+    Route("/seed", "prompt.seed", arguments="i"),
+    Route("/t_index_list", "stream.t_index_list", arguments="i…"),
+    Route("/ssf", "filter.enabled", arguments="i"),
+    Route("/ssf/threshold", "filter.threshold", arguments="f"),
+    Route("/ssf/max_skip_frames", "filter.max_skip_frames", arguments="i"),
+)
+
+# StreamDiffusionTD (UDP 8247 in, 8248 out): the same meaning under its names, so a patch only changes its port.
+# Its commands (/prompt_list, /seed_list, /pause, /play, /get_status) are in the command table.
+STREAMDIFFUSIONTD: tuple[Route, ...] = (
+    Route("/prompt", "prompt.text", arguments="s"),
+    Route("/negative_prompt", "prompt.negative", arguments="s"),
+    Route("/t_list", "stream.t_index_list", arguments="i…"),
+    Route("/guidance_scale", "prompt.guidance", arguments="f"),
+    Route("/delta", "prompt.delta", arguments="f"),
+    Route("/seed", "prompt.seed", arguments="i"),
+)
+STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets", "/ipadapter_scale", "/cached_attention", "/fx/")
+
+
+@cache
+def routes() -> dict[str, Route]:
+    """Every address that arrives (relative to the namespace) → what it does."""
+    table = {
+        parameter_address(spec.path): Route(parameter_address(spec.path), spec.path, arguments=osc_type(spec))
+        for spec in registry().values()
+    }
+    commands = [Route(c.address, c.name, c, c.arguments) for c in COMMANDS]
+    for route in (*commands, *ALIASES, *STREAMDIFFUSIONTD):
+        known = table.setdefault(route.address, route)
+        if known.target != route.target:
+            raise AssertionError(f"{route.address} means both {known.target} and {route.target}")
+    return table
+
+
+class Router:
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.routes = routes()
+
+    def route(self, address: str) -> Route:
+        """The route of an address as received; DreamwireError when there is none."""
+        relative = self.relative(address)
+        found = self.routes.get(relative)
+        if found is not None:
+            return found
+        for name in STREAMDIFFUSIONTD_UNSUPPORTED:
+            if relative == name.rstrip("/") or relative.startswith(name.rstrip("/") + "/"):
+                raise DreamwireError(f"StreamDiffusionTD's {shown(name)} is not supported yet")
+        raise DreamwireError("unknown address (the address space: README, or GET / on the OSCQuery port)")
+
+    def relative(self, address: str) -> str:
+        ns = self.namespace
+        if ns and (address == ns or address.startswith(ns + "/")):
+            return address[len(ns) :] or "/"
+        return address
+
+    def out(self, relative: str) -> str:
+        """The address sent back for a relative one (with the namespace)."""
+        return self.namespace + relative
+
+
+def shown(name: str) -> str:
+    """'/fx/' (a prefix) → '/fx/…'."""
+    return name + "…" if name.endswith("/") else name

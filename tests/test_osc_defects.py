@@ -1,0 +1,247 @@
+"""Regression tests for the OSC defects a TouchDesigner/Max user hit (issue 14, defects 8–14), each over a real UDP
+socket against a LiveEngine on the tiny model (the rig of tests/test_osc.py)."""
+
+# ruff: noqa: F811  (the `rig` fixture is imported from test_osc, and each test takes it by name)
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import threading
+import time
+from typing import Any
+
+import pytest
+from test_osc import NS, Controller, message, rig  # noqa: F401
+
+from engine.config.presets import load_preset
+from engine.live.events import EngineEvent
+
+
+def _events(r: Any) -> list[EngineEvent]:
+    seen: list[EngineEvent] = []
+    r.engine.add_listener(seen.append)
+    return seen
+
+
+def _settle(r: Any) -> None:
+    """Everything sent is handled by the server, applied by the engine, and its echoes are at the feedback port."""
+    r.controller.sync(r.feedback)
+    r.apply()
+    r.controller.sync(r.feedback)
+
+
+# ---- 8: a superseded request sends nothing --------------------------------------------------------------------
+
+
+def test_a_superseded_prompt_or_blend_sends_nothing(rig):
+    r = rig()
+    events = _events(r)
+    text = "a glass city at dawn"
+    for end in range(1, len(text) + 1):  # a text field sending on every keystroke
+        r.controller.send("/prompt", text[:end])
+    for weight in range(1, 10):  # a blend fader
+        r.controller.send("/prompt/blend", "a forest", weight / 10, "a city", 1 - weight / 10)
+    _settle(r)
+    superseded = [e for e in events if e.kind == "superseded"]
+    assert len(superseded) >= 10, "the test must produce superseded requests to mean anything"
+    sent = r.feedback.seen
+    assert all(None not in args for _, args in sent), [m for m in sent if None in m[1]][:3]
+    assert all(args != ["None"] for _, args in sent), [m for m in sent if m[1] == ["None"]][:3]
+    shown = [args[0] for address, args in sent if address == f"{NS}/status/prompt"]
+    assert shown and shown[-1] == "a forest:0.9 | a city:0.1"  # the newest request, and only real values
+
+
+# ---- 9: /status/prompt shows what renders, also after a blend ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "args", "shown"),
+    [
+        ("/prompt/blend", ("a forest", 0.5, "a city", 0.5), "a forest:0.5 | a city:0.5"),
+        ("/prompt_list", ('[["a forest", 0.25], ["a city", 0.75]]',), "a forest:0.25 | a city:0.75"),
+    ],
+)
+def test_status_prompt_keeps_showing_the_blend_that_renders(rig, address, args, shown):
+    r = rig(status_hz=50)
+    assert r.feedback.wait(f"{NS}/status/prompt") == ["a red fox"]  # the first burst: the preset's prompt
+    r.controller.send(address, *args)
+    _settle(r)
+    assert r.feedback.wait(f"{NS}/status/prompt") == [shown]
+    for _ in range(10):  # ten more status bursts (0.2 s)
+        r.feedback.wait(f"{NS}/status/frame")
+    later = [a for addr, a in r.feedback.pending if addr == f"{NS}/status/prompt"]
+    assert later == [], f"/status/prompt went back to {later} while the blend renders"
+
+
+# ---- 10: arguments shorter than their type tags are malformed --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "datagram",
+    [
+        b"/guidance\x00\x00\x00,f\x00\x00",  # a float tag, no float
+        b"/guidance\x00\x00\x00,ff\x00" + b"\x40\x00\x00\x00",  # two float tags, one float
+        b"/seed\x00\x00\x00,h\x00\x00" + b"\x00\x00\x00\x07",  # an int64 tag, 4 bytes
+        b"/prompt\x00,s\x00\x00",  # a string tag, no string
+        b"/prompt\x00,b\x00\x00" + b"\x00\x00\x00\x08abcd",  # a blob of 8 bytes, 4 there
+    ],
+)
+def test_arguments_shorter_than_their_type_tags_are_malformed_and_not_applied(rig, datagram):
+    r = rig()
+    before = r.engine.requested.snapshot().model_dump()
+    r.controller.raw(datagram)
+    _settle(r)
+    assert r.engine.status()["osc_malformed"] == 1
+    assert r.engine.requested.snapshot().model_dump() == before  # not applied as 0.0, 0 or ""
+    assert r.engine.preset.prompt.guidance == 1.5
+
+
+# ---- 11: /prompt_list takes text and numbers only ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[[{"a": 1}, 1]]', '[{"a": 1}, 1]'),
+        ("[[1, 2]]", "[1, 2]"),
+        ('[["a forest", "heavy"]]', '["a forest", "heavy"]'),
+        ('[["a forest", true]]', '["a forest", true]'),
+        ('[["a forest", 1], "a city"]', '"a city"'),
+    ],
+)
+def test_prompt_list_refuses_non_text_prompts_and_non_number_weights_with_one_line(rig, text, named):
+    r = rig()
+    r.controller.send("/prompt_list", text)
+    errors = r.controller.sync(r.feedback)
+    assert len(errors) == 1 and errors[0].startswith("/prompt_list: ") and named in errors[0], errors
+    assert "\n" not in errors[0]
+    r.apply()
+    assert r.engine.preset.prompt.text == "a red fox"
+
+
+# ---- 13: clear answers, and echoes of accepted commands --------------------------------------------------------
+
+
+def test_an_empty_t_index_list_is_never_valid_and_an_empty_get_is_one_clear_line(rig):
+    r = rig()
+    r.controller.send("/t_index_list", "[]")
+    r.controller.send("/get", "")
+    errors = r.controller.sync(r.feedback)
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("/t_index_list: ") and "empty" in errors[0] and "rebuild" not in errors[0]
+    assert errors[1].startswith("/get: ") and ": :" not in errors[1] and "address" in errors[1]
+
+
+def test_accepted_seed_blend_seed_list_reset_and_transition_are_echoed(rig):
+    r = rig()
+    send = r.controller.send
+    send("/transition", 0.5)
+    send("/transition/frames", 8)
+    send("/transition", 0.0)
+    send("/seed/blend", 2, 0.5, 7, 0.5)
+    _settle(r)
+    send("/seed_list", "[[3, 0.25], [4, 0.75]]")
+    _settle(r)
+    send("/reset")
+    _settle(r)
+    assert r.feedback.wait(f"{NS}/transition") == [pytest.approx(0.5)]
+    assert r.feedback.wait(f"{NS}/transition/frames") == [8]
+    assert r.feedback.wait(f"{NS}/transition") == [0.0]
+    assert r.feedback.wait(f"{NS}/seed/blend") == [2, pytest.approx(0.5), 7, pytest.approx(0.5)]
+    assert r.feedback.wait(f"{NS}/seed/blend") == [3, pytest.approx(0.25), 4, pytest.approx(0.75)]
+    assert r.feedback.wait(f"{NS}/reset") == []
+
+
+# ---- 14: a preset that differs only in live keys applies live ----------------------------------------------------
+
+
+def test_a_preset_that_differs_only_in_live_keys_applies_live_and_one_that_rebuilds_is_refused(rig):
+    # Running osc-streamdiffusiontd's values (on the tiny model): default names the same model.* and stream.* values
+    # (a key equal to the value in effect is no change), and differs in the prompt only.
+    running = load_preset("osc-streamdiffusiontd", ["prompt.text=something else", "io.outputs=[]"])
+    r = rig(running)
+    r.controller.send(f"{NS}/preset", "default")
+    assert r.controller.sync(r.feedback) == []
+    r.apply()
+    assert r.engine.preset.prompt.text == load_preset("default").prompt.text
+    r.controller.send(f"{NS}/preset", "lcm-4step")  # another model: a rebuild, refused over the network
+    errors = r.controller.sync(r.feedback)
+    assert len(errors) == 1 and "model.id" in errors[0] and "prompt." not in errors[0], errors
+
+
+# ---- 12: a burst from four senders keeps frames coming ------------------------------------------------------------
+
+
+class _FrameClock:
+    """The engine loop on its own thread, stamping each output frame (perf_counter seconds)."""
+
+    def __init__(self, r: Any) -> None:
+        from bridges.pattern import PatternSource
+
+        self.engine, self.stamps = r.engine, []
+        self.engine.start_io(source=PatternSource(64, 64, fps=0), sinks=[])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-engine")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.engine.apply_pending_controls()
+            before = self.engine.frame_number
+            self.engine.step()
+            if self.engine.frame_number != before:
+                self.stamps.append(time.perf_counter())
+
+    def wait_frames(self, count: int, timeout: float = 60.0) -> None:
+        target, deadline = len(self.stamps) + count, time.perf_counter() + timeout
+        while len(self.stamps) < target:
+            assert time.perf_counter() < deadline, "the engine stopped rendering"
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.parametrize(
+    ("address", "args_of"),
+    [
+        (f"{NS}/prompt/guidance", lambda i: (1.0 + (i % 100) / 100,)),
+        (f"{NS}/seed/blend", lambda i: (i % 50, 0.5, 1 + i % 50, 0.5)),
+    ],
+    ids=["guidance", "seed_blend"],
+)
+def test_a_burst_of_four_senders_2000_messages_each_leaves_no_frame_gap_over_3_frame_times(rig, address, args_of):
+    r = rig()
+    clock = _FrameClock(r)
+    try:
+        clock.wait_frames(20)
+        frame_time = statistics.median(b - a for a, b in itertools.pairwise(clock.stamps[-16:]))
+        first = len(clock.stamps)
+        datagrams = [message(address, *args_of(i)) for i in range(2000)]
+        port = r.surface.server.port
+
+        def send_all() -> None:
+            sender = Controller(port)
+            for data in datagrams:
+                sender.raw(data)
+            sender.close()
+
+        start = time.perf_counter()
+        senders = [threading.Thread(target=send_all) for _ in range(4)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+        deadline = time.perf_counter() + 60
+        while r.surface.server.datagrams < 8000 and time.perf_counter() < deadline:
+            time.sleep(0.01)
+        clock.wait_frames(10)  # the drain of everything queued, and after it
+        stamps = [start, *clock.stamps[first:]]
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    finally:
+        clock.close()
+    worst = max(gaps)
+    print(f"{address}: frame time {1000 * frame_time:.1f} ms, worst gap {1000 * worst:.1f} ms over {len(gaps)} frames")
+    assert worst <= 3 * frame_time, f"a {1000 * worst:.0f} ms gap (frame time {1000 * frame_time:.1f} ms)"
