@@ -1,6 +1,6 @@
 """What every frame bridge looks like: a Source produces Frames, a Sink consumes them.
 
-Each bridge is driven by exactly one worker thread (engine/io_threads.py): open, read/write many times, close.
+Each bridge is driven by exactly one worker thread (engine/live/io_threads.py): open, read/write many times, close.
 Platform bridges (Spout's GL context, for one) rely on that: every call comes from the same thread.
 """
 

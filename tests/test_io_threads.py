@@ -12,8 +12,10 @@ import numpy as np
 from bridges.clip_io import ClipWriter
 from bridges.file import FileSink, FileSource
 from bridges.pattern import PatternSource, pattern_image
+from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
 from engine.core.slot import LatestFrameSlot
+from engine.core.supervisor import Supervisor
 from engine.live.io_threads import SinkWorker, SourceWorker
 
 _IMAGE = np.zeros((8, 8, 3), np.uint8)
@@ -190,6 +192,91 @@ def test_source_worker_recovers_from_a_read_error(caplog):
     assert worker.frames >= 20 and worker.errors == 1 and worker.restarts == 1
     assert len(_warnings(caplog, "source flaky-pattern: read failed (OSError: camera unplugged)")) == 1
     assert not worker.finished.is_set()
+
+
+class _Unprintable(OSError):
+    """An exception from a bridge's library whose message cannot be built: logging it is the worker's own bug."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("the error's message could not be formatted")
+
+
+class BuggySource(PatternSource):
+    def __init__(self):
+        super().__init__(width=8, height=8, fps=0, name="buggy-pattern")
+        self.reads = 0
+
+    def read(self):
+        self.reads += 1
+        if self.reads == 3:
+            raise _Unprintable()
+        return super().read()
+
+
+def test_a_worker_thread_that_dies_is_logged_restarted_and_counted(caplog):
+    supervisor = Supervisor()
+    slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    worker = SourceWorker(BuggySource(), slot, backoff_start=0.005, supervisor=supervisor)
+    with caplog.at_level(logging.DEBUG, logger="engine.core.supervisor"):
+        worker.start()
+        deadline = time.perf_counter() + 5.0
+        while worker.frames < 20 and time.perf_counter() < deadline:
+            time.sleep(0.005)
+        snapshot = supervisor.snapshot()
+        assert worker.alive
+        assert worker.stop(timeout=1.0)
+    assert worker.frames >= 20  # restarted: frames flow again
+    assert snapshot["thread_deaths"] == 1 and snapshot["thread_restarts"] == 1 and worker.thread_deaths == 1
+    cause = "RuntimeError: the error's message could not be formatted"
+    assert snapshot["last_thread_error"] == f"dreamwire-source-buggy-pattern: {cause}"
+    deaths = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(deaths) == 1 and deaths[0].exc_info is not None  # through logging, with its traceback
+    assert f"thread dreamwire-source-buggy-pattern died: {cause} (restarting with backoff)" in deaths[0].getMessage()
+
+
+class _NoCamera(PatternSource):
+    def __init__(self):
+        super().__init__(width=8, height=8, fps=0, name="camera:9")
+
+    def open(self):
+        raise DreamwireError("camera 9 could not be opened; no camera found")
+
+
+def test_source_state_names_why_there_is_no_picture():
+    slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    worker = SourceWorker(_NoCamera(), slot, backoff_start=0.005, supervisor=Supervisor())
+    assert worker.state == "waiting for camera:9"
+    worker.start()
+    deadline = time.perf_counter() + 2.0
+    while worker.errors < 2 and time.perf_counter() < deadline:
+        time.sleep(0.005)
+    assert worker.stop(timeout=1.0)
+    assert worker.state == "waiting for camera:9: camera 9 could not be opened; no camera found"
+    healthy = SourceWorker(FlakySource(), slot, backoff_start=0.005, supervisor=Supervisor())
+    healthy.start()
+    while healthy.frames < 5 and time.perf_counter() < deadline:  # its 3rd read fails, then it recovers
+        time.sleep(0.005)
+    assert healthy.state == "ok" and healthy.errors == 1
+    assert healthy.stop(timeout=1.0)
+
+
+def test_source_worker_stamps_frames_on_its_own_thread():
+    slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    stamps: list[tuple[float, str]] = []
+    worker = SourceWorker(
+        PatternSource(width=8, height=8, fps=50),
+        slot,
+        on_frame=lambda stamp: stamps.append((stamp, threading.current_thread().name)),
+        supervisor=Supervisor(),
+    )
+    worker.start()
+    deadline = time.perf_counter() + 5.0
+    while len(stamps) < 10 and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert worker.stop(timeout=1.0)
+    assert len(stamps) >= 10 and {name for _, name in stamps} == {"dreamwire-source-pattern"}
+    times = [stamp for stamp, _ in stamps]
+    assert times == sorted(times) and times[-1] - times[0] >= 0.9 * (len(times) - 1) / 50  # paced: as produced
 
 
 def _write_through(worker: SinkWorker, slot: LatestFrameSlot[Frame], images: list[np.ndarray]) -> None:

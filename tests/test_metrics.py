@@ -11,7 +11,19 @@ import pytest
 
 from engine.live.metrics import EngineMetrics, NvmlPower, StatusLinePrinter, status_line
 
-KEYS = {"fps_out", "fps_in", "latency_p50_ms", "latency_p95_ms", "unet_ms", "skip_rate", "dropped", "power_w", "frames"}
+KEYS = {
+    "fps_out",
+    "fps_in",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "unet_ms",
+    "skip_rate",
+    "dropped",
+    "power_w",
+    "power_errors",
+    "frames",
+    "source",
+}
 
 
 def _no_power() -> float | None:
@@ -128,6 +140,34 @@ def test_nvml_power_in_watts_sampled_at_most_once_per_interval(monkeypatch):
     assert calls[-1] == "shutdown"
 
 
+def test_nvml_read_failures_are_counted_warned_once_per_streak_and_shown(monkeypatch, caplog):
+    readings = iter([RuntimeError("NVML_ERROR_GPU_IS_LOST"), RuntimeError("again"), 200_000, RuntimeError("third")])
+    fake = types.ModuleType("pynvml")
+    fake.nvmlInit = lambda: None  # type: ignore[attr-defined]
+    fake.nvmlShutdown = lambda: None  # type: ignore[attr-defined]
+    fake.nvmlDeviceGetHandleByIndex = lambda i: f"gpu{i}"  # type: ignore[attr-defined]
+
+    def power(handle: str) -> int:
+        reading = next(readings)
+        if isinstance(reading, Exception):
+            raise reading
+        return reading
+
+    fake.nvmlDeviceGetPowerUsage = power  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    m = EngineMetrics(power_interval_s=1.0)
+    with caplog.at_level(logging.INFO, logger="engine.live.metrics"):
+        first, second, good, third = (m.snapshot(now=float(t)) for t in (10, 11, 12, 13))
+    assert (first["power_w"], first["power_errors"]) == (None, 1)
+    assert (second["power_w"], second["power_errors"]) == (None, 2)
+    assert (good["power_w"], good["power_errors"]) == (pytest.approx(200.0), 2)
+    assert (third["power_w"], third["power_errors"]) == (None, 3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings  # one per streak: readings 1-2, then reading 4
+    assert "reading GPU power failed: RuntimeError: NVML_ERROR_GPU_IS_LOST" in warnings[0]
+    m.close()
+
+
 def test_snapshot_is_a_copy_and_thread_safe():
     m = EngineMetrics(window_s=1e9, max_frames=64, power_fn=_no_power)
     snap = m.snapshot(now=0.0)
@@ -175,6 +215,11 @@ def test_status_line_formats_values_and_dashes():
     assert status_line(snap) == "out 29.8 fps | in 30.0 | lat 41/55 ms | unet 12.3 ms | skip 12% | drop 3 | 215 W"
     empty = EngineMetrics(power_fn=_no_power).snapshot(now=0.0)
     assert status_line(empty) == "out 0.0 fps | in 0.0 | lat -/- ms | unet - ms | skip - | drop 0 | - W"
+    assert status_line({**snap, "source": "ok"}).endswith("| 215 W")  # a healthy source says nothing
+    waiting = EngineMetrics(power_fn=_no_power)
+    waiting.set_source_state(lambda: "waiting for camera:9: camera 9 could not be opened")
+    assert waiting.snapshot()["source"] == "waiting for camera:9: camera 9 could not be opened"
+    assert status_line(waiting.snapshot()).endswith("| - W | waiting for camera:9: camera 9 could not be opened")
 
 
 class _Tty(io.StringIO):

@@ -201,7 +201,7 @@ def _reference_script(explicit: str | None) -> Path:
 def reference_side_by_side(
     preset: Preset, python: str, script: str | None, frames: int, repeats: int = 5
 ) -> dict[str, Any]:
-    """Run the reference StreamDiffusion (run_reference.py) and ours (engine/clip_run.py, the same command line)
+    """Run the reference StreamDiffusion (run_reference.py) and ours (engine/commands/clip_run.py, same command line)
     over the same clip, model and settings, each in a fresh process, taking turns `repeats` times so that a
     shared machine's slow spells hit both; report the median fps of each (over the clip after its first frame,
     as the reference script times itself) and the largest output difference."""

@@ -1,4 +1,8 @@
-"""Input frames for the next step: f frames gathered from the source's slot, and counted for the metrics.
+"""Input frames for the next step: f frames gathered from the source's slot, and the dropped ones counted.
+
+The frames themselves are counted for fps_in where the source produces them, on its own thread (the source
+worker's on_frame hook, engine/live/io_threads.py): counting them here stamped a burst with the moment the engine
+took one, which a slow or stalled engine turned into nonsense rates.
 
 A slow source still fills a batch of f: frames that arrived are kept for the next call. A batch never mixes
 frame sizes (the source's size changes with a rebuild to another size). The wait for a frame ends early when
@@ -20,7 +24,7 @@ class InputBatcher:
         self._io, self._metrics = io, metrics
         self._slot: LatestFrameSlot[Frame] | None = None  # the slot collected from (a source swap makes another)
         self._collected: list[Frame] = []  # input frames gathered towards the next step's f
-        self._seen_input, self._seen_dropped = 0, 0
+        self._seen_dropped = 0
 
     def wake(self) -> None:
         """End the current (or the next) wait for a frame: a control is waiting (any thread)."""
@@ -36,7 +40,7 @@ class InputBatcher:
         slot = self._io.input_slot
         if slot is not self._slot:
             self._slot, self._collected = slot, []
-            self._seen_input, self._seen_dropped = 0, 0
+            self._seen_dropped = 0
         while len(self._collected) < f:
             frame = slot.get(timeout=FRAME_WAIT)
             self._count()
@@ -53,12 +57,7 @@ class InputBatcher:
         self._collected = self._collected[-f:]
 
     def _count(self) -> None:
-        worker = self._io.source_worker
-        if worker is None:
-            return
-        produced, dropped = worker.frames, self._io.input_slot.dropped
-        for _ in range(produced - self._seen_input):
-            self._metrics.on_input_frame()
+        dropped = self._io.input_slot.dropped
         if dropped > self._seen_dropped:
             self._metrics.on_input_dropped(dropped - self._seen_dropped)
-        self._seen_input, self._seen_dropped = produced, dropped
+        self._seen_dropped = dropped

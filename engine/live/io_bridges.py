@@ -25,9 +25,15 @@ SWAP_STOP_TIMEOUT = 5.0  # s to wait at close for old bridges to finish their fi
 class IoBridges:
     """Source and sink workers of one engine; `stream_size()` → (height, width) the source conforms frames to."""
 
-    def __init__(self, stream_size: Callable[[], tuple[int, int]], stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        stream_size: Callable[[], tuple[int, int]],
+        stopping: threading.Event,
+        on_input_frame: Callable[[float], None] | None = None,
+    ) -> None:
         self._stream_size = stream_size  # read by the source thread for every frame (a rebuild may change it)
         self._stopping = stopping
+        self._on_input_frame = on_input_frame  # on the source's thread, per frame produced (the fps_in count)
         self.input_slot: LatestFrameSlot[Frame] = LatestFrameSlot()
         self.source_worker: SourceWorker | None = None
         self.sink_workers: list[tuple[SinkWorker, LatestFrameSlot[Frame]]] = []
@@ -40,7 +46,7 @@ class IoBridges:
         old = [self.source_worker] if self.source_worker is not None else []
         self.input_slot = LatestFrameSlot()
         conform = FrameConformer(f"source {source.name}", self._stream_size, source_fit(uri))
-        self.source_worker = SourceWorker(source, self.input_slot, conform=conform)
+        self.source_worker = SourceWorker(source, self.input_slot, conform=conform, on_frame=self._on_input_frame)
         self._swap_workers(old, [self.source_worker])
 
     def swap_sinks(self, sinks: list[Sink], uris: Sequence[str]) -> None:
@@ -76,9 +82,11 @@ class IoBridges:
         thread = spawn("dreamwire-io-swap", swap, restart=False)
         self._swaps = [t for t in self._swaps if t.alive] + [thread]
 
-    def publish(self, frames: list[Frame]) -> None:
-        """`frames` to every sink (each through its own latest-frame slot: a slow sink drops, never delays)."""
-        self.last_outputs = frames
+    def publish(self, frames: list[Frame], keep: bool = True) -> None:
+        """`frames` to every sink (each through its own latest-frame slot: a slow sink drops, never delays).
+        keep=False: not a picture to hold (a placeholder), so `last_outputs` stays."""
+        if keep:
+            self.last_outputs = frames
         for _, slot in self.sink_workers:
             for frame in frames:
                 slot.put(frame)
@@ -90,6 +98,12 @@ class IoBridges:
     def source_lost(self) -> bool:
         """The source is failing: the last frame keeps going out until it is back."""
         return self.source_worker is not None and self.source_worker.failing
+
+    def source_state(self) -> str | None:
+        """status()["source"]: "ok", "ended", "waiting for NAME: reason" or "lost NAME: reason"; None before
+        start_io."""
+        worker = self.source_worker
+        return None if worker is None else worker.state
 
     def source_finished(self) -> bool:
         """A file source ended."""

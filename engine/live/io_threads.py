@@ -2,7 +2,12 @@
 
 The bridge is only ever touched from its worker thread (open, read/write, close), which platform bridges need
 (Spout's GL context is per thread). A failing bridge never stops the engine: the error is logged once per streak,
-the bridge is closed and re-opened with exponential backoff, and the counters say what happened.
+the bridge is closed and re-opened with exponential backoff, and the counters say what happened. The thread itself
+runs under the supervisor (engine/core/supervisor.py): a bug that escapes the worker's own handling (not a bridge
+error) is logged with its traceback, counted, and the worker restarts with backoff.
+
+The source worker stamps every frame on its own thread when the source produced it (`on_frame(stamp)`, seconds
+of time.perf_counter()), so the input rate is measured where frames are made, not where the engine takes them.
 
 Engine loop sketch:
     src_slot, out_slot = LatestFrameSlot[Frame](), LatestFrameSlot[Frame]()
@@ -19,11 +24,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 from bridges.base import Sink, Source
 from bridges.pixels import FrameConformer
+from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
 from engine.core.slot import LatestFrameSlot
+from engine.core.supervisor import SupervisedThread, Supervisor, default_supervisor, one_line
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +42,24 @@ class _BridgeWorker:
 
     kind = "bridge"
 
-    def __init__(self, bridge: Source | Sink, backoff_start: float = 0.1, backoff_max: float = 5.0) -> None:
+    def __init__(
+        self,
+        bridge: Source | Sink,
+        backoff_start: float = 0.1,
+        backoff_max: float = 5.0,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self._bridge = bridge
         self._backoff_start, self._backoff_max = backoff_start, backoff_max  # seconds
         self._delay = backoff_start
         self._frames = self._errors = self._restarts = 0
         self._streak = 0  # consecutive failures since the last frame that went through
+        self.last_error: str | None = None  # "open failed: DreamwireError: ..." of the newest bridge failure
         self._opened = False
         self._op = "open"  # what the bridge was doing, for the log line
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"dreamwire-{self.kind}-{bridge.name}", daemon=True)
+        self._supervisor = supervisor  # None: the process-wide one, looked up at start()
+        self._thread: SupervisedThread | None = None
 
     @property
     def frames(self) -> int:
@@ -65,12 +82,25 @@ class _BridgeWorker:
         return self._streak > 0
 
     @property
+    def name(self) -> str:
+        """The bridge's name (a URI-like text: camera:0, file:take1.mp4, ...)."""
+        return self._bridge.name
+
+    @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread is not None and self._thread.alive
+
+    @property
+    def thread_deaths(self) -> int:
+        """Times the worker's thread died of an exception its own handling did not catch (a bug; restarted)."""
+        return 0 if self._thread is None else self._thread.deaths
 
     def start(self) -> None:
-        """Start the thread (once per worker)."""
-        self._thread.start()
+        """Start the thread under the supervisor (once per worker)."""
+        if self._thread is not None or self._stopping.is_set():
+            return
+        supervisor = self._supervisor or default_supervisor()
+        self._thread = supervisor.spawn(f"dreamwire-{self.kind}-{self._bridge.name}", self._run)
 
     def stop(self, timeout: float = 2.0) -> bool:
         """Ask the thread to finish, which closes the bridge (files are complete); wait up to `timeout` s.
@@ -78,15 +108,10 @@ class _BridgeWorker:
         Returns False (and warns) if the thread is still blocked in the bridge after the timeout.
         """
         self._stopping.set()
-        if not self._thread.is_alive():
+        if self._thread is None or self._thread.stop(timeout):
             return True
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning(
-                "%s %s: did not stop within %.1f s (blocked in %s)", self.kind, self._bridge.name, timeout, self._op
-            )
-            return False
-        return True
+        log.warning("%s %s: did not stop within %.1f s (blocked in %s)", self.kind, self.name, timeout, self._op)
+        return False
 
     def _step(self) -> bool:
         """Move one frame; False ends the thread. Raises whatever the bridge raises."""
@@ -95,7 +120,8 @@ class _BridgeWorker:
     def _before_close(self) -> None:
         """Last chance to use the open bridge when stopping (the sink writes its last frame)."""
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
+        """The supervised target; `stop` is the supervisor's own event, set by stop() along with ours."""
         try:
             while not self._stopping.is_set():
                 try:
@@ -124,6 +150,7 @@ class _BridgeWorker:
 
     def _failed(self, error: Exception) -> None:
         self._errors += 1
+        self.last_error = _reason(error)
         if not self._streak:
             message = str(error).strip().splitlines()[0] if str(error).strip() else ""
             log.warning(
@@ -155,7 +182,9 @@ class SourceWorker(_BridgeWorker):
 
     `finished` is set when the source reports the end of its stream (read() returned None); the thread then ends.
     Every frame passes `conform` first (default: a check that converts to (H, W, 3) uint8 RGB): a frame it cannot
-    convert is dropped (one log line per streak), so nothing malformed reaches the engine.
+    convert is dropped (one log line per streak), so nothing malformed reaches the engine. `on_frame(stamp)` is
+    called on this thread for every frame the source produced (stamp: time.perf_counter() seconds as read()
+    returned it), before the engine sees it: the input rate counts frames where they are made.
     """
 
     kind = "source"
@@ -167,12 +196,26 @@ class SourceWorker(_BridgeWorker):
         backoff_start: float = 0.1,
         backoff_max: float = 5.0,
         conform: FrameConformer | None = None,
+        on_frame: Callable[[float], None] | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
-        super().__init__(source, backoff_start, backoff_max)
+        super().__init__(source, backoff_start, backoff_max, supervisor)
         self._source = source
         self._slot = slot
         self.conform = conform or FrameConformer(f"source {source.name}")
+        self._on_frame = on_frame or _ignore
         self.finished = threading.Event()
+
+    @property
+    def state(self) -> str:
+        """What the source is doing, for status(): "ok", "ended", "waiting for NAME: reason" (no frame yet) or
+        "lost NAME: reason" (frames came, then it failed)."""
+        if self.finished.is_set():
+            return "ended"
+        if self._frames and not self._streak:
+            return "ok"
+        reason = f": {self.last_error}" if self.last_error else ""
+        return f"{'lost' if self._frames else 'waiting for'} {self._source.name}{reason}"
 
     def _step(self) -> bool:
         self._op = "read"
@@ -181,6 +224,7 @@ class SourceWorker(_BridgeWorker):
             log.info("source %s: end of stream after %d frames", self._source.name, self._frames)
             self.finished.set()
             return False
+        self._on_frame(time.perf_counter())  # stamped here, on the source's thread, as the frame is produced
         image = self.conform(frame.image)
         if image is not None:
             self._slot.put(frame if image is frame.image else Frame(image, frame.index, frame.capture_time))
@@ -198,9 +242,14 @@ class SinkWorker(_BridgeWorker):
     kind = "sink"
 
     def __init__(
-        self, sink: Sink, slot: LatestFrameSlot[Frame], backoff_start: float = 0.1, backoff_max: float = 5.0
+        self,
+        sink: Sink,
+        slot: LatestFrameSlot[Frame],
+        backoff_start: float = 0.1,
+        backoff_max: float = 5.0,
+        supervisor: Supervisor | None = None,
     ) -> None:
-        super().__init__(sink, backoff_start, backoff_max)
+        super().__init__(sink, backoff_start, backoff_max, supervisor)
         self._sink = sink
         self._slot = slot
         self._status: str | None = None  # the newest status line (a str swapped whole: no lock needed)
@@ -234,3 +283,14 @@ class SinkWorker(_BridgeWorker):
         except Exception as e:  # stopping anyway: report, then close
             self._errors += 1
             log.warning("sink %s: last write failed (%s: %s)", self._sink.name, type(e).__name__, e)
+
+
+def _ignore(stamp: float) -> None:
+    """No input-rate hook."""
+
+
+def _reason(error: Exception) -> str:
+    """A bridge failure as one line for status() and the placeholder: our own errors by their message alone."""
+    text = one_line(error)
+    prefix = f"{type(error).__name__}: "
+    return text[len(prefix) :] if isinstance(error, DreamwireError) and text.startswith(prefix) else text

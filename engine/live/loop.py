@@ -15,7 +15,8 @@ why. Applying a change never ends the loop.
 
 One module per job: requests.py (sending, validation), control_queue.py (coalescing), changes.py (applying),
 prompts.py (the prompt lifecycle), rebuild.py (rebuilds), io_bridges.py (sources and sinks), inputs.py (input
-frames and their count).
+frames and their count), warmup.py (no brown warm-up frames), placeholder.py (a frame naming why there is no
+picture yet).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from engine.config.schema import Preset
 from engine.core.frames import Frame
 from engine.core.instance import DEFAULT_INSTANCE, Instance
 from engine.core.slot import LatestFrameSlot
+from engine.core.supervisor import default_supervisor
 from engine.live.changes import Changes
 from engine.live.control_queue import ControlQueue
 from engine.live.controls import RequestedValues
@@ -44,12 +46,14 @@ from engine.live.inputs import InputBatcher
 from engine.live.io_bridges import IoBridges
 from engine.live.io_threads import SinkWorker, SourceWorker
 from engine.live.metrics import EngineMetrics, status_line
+from engine.live.placeholder import Placeholder
 from engine.live.prompt_encoder import PromptEncoder
 from engine.live.prompts import Prompts
 from engine.live.rebuild import Rebuilds
 from engine.live.requests import Requests
 from engine.live.timing import TimedBackend
 from engine.live.transitions import TransitionSet
+from engine.live.warmup import WarmupHold, warmup_steps
 from engine.pipeline.models import Models, load_models
 from engine.pipeline.stream import StreamPipeline
 
@@ -71,7 +75,10 @@ class LiveEngine:
         self._frame_listeners: tuple[FrameListener, ...] = ()
         self.now = InEffect(preset, models or load_models(preset.model), self.events)
         self._stopping = threading.Event()  # set by stop() from any thread (a signal handler too)
-        self.io = IoBridges(self._stream_size, self._stopping)
+        self.io = IoBridges(self._stream_size, self._stopping, self.metrics.on_input_frame)
+        self.metrics.set_source_state(self.io.source_state)
+        self.warmup = WarmupHold()  # live: the last good frame instead of the zero buffer's first outputs
+        self.placeholder = Placeholder()  # until the source's first frame: a picture naming why there is none
         self.inputs = InputBatcher(self.io, self.metrics)
         self.controls.add_waker(self.inputs.wake)
         self.install(self.now.models, self._build(self.now.models, self.now.preset))
@@ -153,9 +160,11 @@ class LiveEngine:
         self._frame_listeners = (*self._frame_listeners, listener)
 
     def status(self) -> dict[str, Any]:
-        """The live numbers (see engine/live/metrics.py) plus the engine's state, for the OSC bridge and the CLI."""
+        """The live numbers (see engine/live/metrics.py), the supervised threads' deaths and restarts
+        (engine/core/supervisor.py) and the engine's state, for the OSC bridge and the CLI."""
         extra = {key: value for source in self.status_sources for key, value in source().items()}
-        return {**self.metrics.snapshot(), "paused": self.paused, "rebuilding": self.rebuilding, **extra}
+        threads = default_supervisor().snapshot()
+        return {**self.metrics.snapshot(), **threads, "paused": self.paused, "rebuilding": self.rebuilding, **extra}
 
     @property
     def rebuilding(self) -> bool:
@@ -233,13 +242,18 @@ class LiveEngine:
         """Process the newest input (held during a rebuild; nothing while paused). False when no input came."""
         frames = self.inputs.take(self.pipeline.frames)
         if frames is None:
-            if self.io.source_lost():
+            if not self.io.last_outputs:  # no picture yet: one that says why (once per reason)
+                placeholder = self.placeholder.frame(self.io.source_worker, *self._stream_size(), self.frame_number)
+                if placeholder is not None:
+                    self.io.publish([placeholder], keep=False)
+            elif self.io.source_lost():
                 self.io.publish(self.io.last_outputs)  # the source is lost: keep the last frame going out
             return False
         if self.rebuilding:
             self.io.publish(self.io.last_outputs)  # keep sending the last frame until the new pipeline is ready
         elif not self.paused:
-            self.io.publish(self.process(frames))
+            outputs = self.process(frames)  # warm-up outputs (the zero buffer's) give way to the last good frame
+            self.io.publish(self.warmup.outputs(outputs, frames, self.io.last_outputs, self.pipeline.skipped))
             now = time.perf_counter()
             for listener in self._frame_listeners:
                 listener(self.frame_number, now)
@@ -274,8 +288,13 @@ class LiveEngine:
         return outputs
 
     def forget_captures(self) -> None:
-        """After a reset: the frames in the pipeline are gone, and so are their capture times."""
+        """After a reset: the frames in the pipeline are gone, and so are their capture times; the buffer is
+        empty again, so its first outputs are held (engine/live/warmup.py)."""
         self._captures.clear()
+        self._restart_warmup(self.pipeline)
+
+    def _restart_warmup(self, pipeline: StreamPipeline) -> None:
+        self.warmup.restart(warmup_steps(pipeline.slots, pipeline.config.use_denoising_batch))
 
     # ---- the pipeline -------------------------------------------------------------------------------------
 
@@ -292,6 +311,7 @@ class LiveEngine:
         self._txt2img = stream.mode != "img2img"
         self._captures: deque[list[float]] = deque(maxlen=len(stream.t_index_list))
         self.inputs.keep_last(pipeline.frames)
+        self._restart_warmup(pipeline)
 
     # ---- inputs and outputs ------------------------------------------------------------------------------
 

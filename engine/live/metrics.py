@@ -12,7 +12,13 @@ snapshot() keys (stable):
     skip_rate       float | None fraction of the window's output frames that the similarity filter skipped
     dropped         int          input frames dropped since start (total)
     power_w         float | None GPU power draw in watts via NVML, sampled at most once per power_interval_s
+    power_errors    int          GPU power readings that failed since start (total; each streak logged once, warning)
     frames          int          output frames since start (total)
+    source          str | None   the source's state: "ok", "ended", "waiting for NAME: reason" (no frame yet) or
+                                   "lost NAME: reason" (None when no source is attached: set_source_state())
+
+Input frames are stamped by the source's own thread as they are produced (on_input_frame(stamp), called from
+engine/live/io_threads.py), never when the engine takes them: a slow or stalled engine does not bend fps_in.
 """
 
 from __future__ import annotations
@@ -31,13 +37,14 @@ __all__ = ["EngineMetrics", "NvmlPower", "StatusLinePrinter", "status_line"]
 
 logger = logging.getLogger(__name__)
 
-Snapshot = dict[str, float | int | None]
+Snapshot = dict[str, float | int | str | None]
 
 
 class NvmlPower:
-    """GPU power in watts through pynvml (package nvidia-ml-py), imported lazily; None whenever unavailable.
+    """GPU power in watts through pynvml (package nvidia-ml-py), imported lazily.
 
-    Never raises: a missing module, driver or GPU, or a failed reading gives None (logged once at INFO).
+    A missing module, driver or GPU gives None (logged once at INFO: power is simply unknown). A reading that
+    fails once NVML is up raises, so that the caller counts it (EngineMetrics: status() and one warning a streak).
     """
 
     def __init__(self, device_index: int = 0) -> None:
@@ -52,11 +59,7 @@ class NvmlPower:
             self._init()
         if self._state != "ready":
             return None
-        try:
-            return float(self._nvml.nvmlDeviceGetPowerUsage(self._handle)) / 1000.0  # NVML reports milliwatts
-        except Exception as exc:  # NVMLError and friends: a status number must never take the engine down
-            self._note_unavailable(f"reading GPU power failed: {type(exc).__name__}: {exc}")
-            return None
+        return float(self._nvml.nvmlDeviceGetPowerUsage(self._handle)) / 1000.0  # NVML reports milliwatts
 
     def close(self) -> None:
         if self._state == "ready":
@@ -82,6 +85,11 @@ class NvmlPower:
         if not self._warned:
             self._warned = True
             logger.info(message)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class EngineMetrics:
@@ -120,9 +128,17 @@ class EngineMetrics:
         self._power_lock = threading.Lock()
         self._power_w: float | None = None
         self._power_at = -math.inf
+        self._power_errors = 0  # failed readings since start
+        self._power_failing = False  # in a failure streak: the last reading failed
+        self._source_state: Callable[[], str] | None = None
+
+    def set_source_state(self, state: Callable[[], str] | None) -> None:
+        """Where snapshot()["source"] comes from: the source worker's state (engine/live/io_threads.py), called on
+        the reader's thread."""
+        self._source_state = state
 
     def on_input_frame(self, now: float | None = None) -> None:
-        """An input frame arrived (now defaults to the clock)."""
+        """The source produced an input frame at `now` (defaults to the clock); any thread (the source's own)."""
         t = self._clock() if now is None else now
         with self._lock:
             self._in.append(t)
@@ -165,7 +181,9 @@ class EngineMetrics:
             "skip_rate": sum(1 for o in outs if o[3]) / len(outs) if outs else None,
             "dropped": dropped,
             "power_w": self._power(t),
+            "power_errors": self._power_errors,
             "frames": frames,
+            "source": None if self._source_state is None else self._source_state(),
         }
 
     def close(self) -> None:
@@ -180,9 +198,20 @@ class EngineMetrics:
                 self._power_at = now
                 try:
                     self._power_w = self._power_fn()
-                except Exception as exc:  # an injected reader must not break the status feed either
-                    logger.debug("power reading failed: %s", exc)
+                except Exception as exc:  # NVMLError and friends: counted, never the end of the status feed
                     self._power_w = None
+                    self._power_errors += 1
+                    if not self._power_failing:
+                        self._power_failing = True
+                        logger.warning(
+                            "reading GPU power failed: %s (power_w is none until a reading works; "
+                            "power_errors counts the failures)",
+                            _one_line(exc),
+                        )
+                else:
+                    if self._power_failing:
+                        self._power_failing = False
+                        logger.info("reading GPU power works again after %d failure(s)", self._power_errors)
             return self._power_w
 
 
@@ -205,7 +234,8 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float | None:
 
 def status_line(snapshot: Snapshot) -> str:
     """One short line, e.g. 'out 29.8 fps | in 30.0 | lat 41/55 ms | unet 12.3 ms | skip 12% | drop 3 | 215 W'.
-    Missing values (None or absent keys) print as '-'."""
+    Missing values (None or absent keys) print as '-'. A source that is not "ok" is named at the end
+    ('... | - W | waiting for camera:0: no camera found'), so a still picture says why."""
 
     def num(key: str, fmt: str) -> str:
         v = snapshot.get(key)
@@ -217,6 +247,7 @@ def status_line(snapshot: Snapshot) -> str:
         f"out {num('fps_out', '.1f')} fps | in {num('fps_in', '.1f')} | "
         f"lat {num('latency_p50_ms', '.0f')}/{num('latency_p95_ms', '.0f')} ms | unet {num('unet_ms', '.1f')} ms | "
         f"skip {skip_s} | drop {num('dropped', 'd')} | {num('power_w', '.0f')} W"
+        + ("" if snapshot.get("source") in (None, "ok") else f" | {snapshot['source']}")
     )
 
 

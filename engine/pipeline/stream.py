@@ -257,22 +257,26 @@ class StreamPipeline:
     @torch.no_grad()
     def step(self, image: torch.Tensor | None = None) -> torch.Tensor:
         """image: [f, 3, H, W] in [−1, 1] (None for txt2img) → the f frames leaving the pipeline [f, 3, H, W]
-        (valid until the next step: with stream.cuda_graph it is the graph's output buffer)."""
+        (valid until the next step: with stream.cuda_graph it is the graph's output buffer).
+
+        The numbered comments, read top to bottom through _model_step and _denoise_batch, are the per-frame steps
+        of DESIGN.md "The method", in the order they run. One difference: the re-noise into the buffer (7 here,
+        the paper's 8) runs before the decode (8 here, the paper's 7); it reads only x0, so the order is free."""
         # 1. Similarity filter: a frame like the last one repeats the last output, with no model work.
         self.skipped = image is not None and self.filter.should_skip(image)
         if self.skipped:
             return self.last_output
         self._draw_input()  # txt2img: fresh noise for the new rows (outside the graph: its generator advances)
-        # 2-7. Encode, denoise, decode: called directly, or replayed as one CUDA graph.
+        # Steps 2 to 8 (encode, denoise, decode) are _model_step: called directly, or replayed as one CUDA graph.
         self.last_output = self._run(image)
         return self.last_output
 
     def _model_step(self, image: torch.Tensor | None) -> torch.Tensor:
         # 2. Encode the new frames into x_t[:f], noised to the first timestep.
         self._encode_input(image)
-        # 3-6. Denoise every slot (UNet + CFG, LCM step, residual, buffer roll).
+        # 3 to 7. Denoise every slot: noise shift, UNet + CFG, LCM step, residual, re-noise into the buffer.
         x0_out = self._denoise()
-        # 7. Decode the frames that finished their last step.
+        # 8. Decode the output latent: the frames that finished their last step (n − 1 frames of latency).
         return self.codec.decode(x0_out)
 
     @contextmanager
@@ -309,7 +313,7 @@ class StreamPipeline:
         x0 = lcm_step(x_t, eps, tables)
         # 6. Residual CFG: carry this frame's residual noise to the next slot.
         self._update_residual(self.stock_noise, self._noise_next, eps, tables)
-        # 8. Re-noise every slot but the last into the buffer: B_j = a_{j+1}·x0_j + b_{j+1}·z_{j+1}.
+        # 7. Re-noise every slot but the last into the buffer: B_j = a_{j+1}·x0_j + b_{j+1}·z_{j+1}.
         torch.addcmul(self._buffer_noise, tables.alpha[f:], x0[:-f], out=x_t[f:])
         return x0[-f:]
 
