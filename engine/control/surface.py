@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from engine.config import paths
 from engine.config.registry import ParamSpec, registry
 from engine.config.schema import OscConfig
 from engine.control.coerce import coerce
@@ -159,8 +160,7 @@ class ControlSurface:
 
     def value(self, path: str) -> Any:
         """The value in effect (read from another thread: one attribute read, no lock needed)."""
-        section, name = path.split(".")
-        return getattr(getattr(self.engine.preset, section), name)
+        return paths.read(self.engine.preset, path)
 
     # ---- outgoing -----------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from engine.config import paths
 from engine.live.controls import BlendPrompts, BlendSeeds, Control, Pause, Reset, SetValue, spec_of
 from engine.live.events import one_line
 from engine.live.in_effect import InEffect
@@ -41,6 +42,7 @@ class Changes:
             "filter": self._set_filter,
             "source": self._set_source,
             "sinks": self._set_sinks,
+            "controlnet": self._set_controlnet,
             "rebuild": rebuilds.request,
         }
 
@@ -103,6 +105,15 @@ class Changes:
         config = now.preset.filter.model_copy()
         setattr(config, control.path.split(".")[1], control.value)
         now.pipeline.set_filter(config, seed=now.preset.prompt.seed)
+        now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_controlnet(self, control: SetValue) -> None:
+        """controlnets.<i>.scale, enabled, start, end, thresholds: written into the running ControlNet in place."""
+        now = self._now
+        _, index, _ = paths.parts(control.path)
+        _, entries, _ = paths.assigned(now.preset, control.path, control.value)
+        now.pipeline.set_controlnet(int(index), entries[index])  # type: ignore[index,arg-type]
         now.store(control)
         now.events.applied(control, control.value)
 

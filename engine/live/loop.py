@@ -299,7 +299,9 @@ class LiveEngine:
     # ---- the pipeline -------------------------------------------------------------------------------------
 
     def _build(self, models: Models, preset: Preset) -> StreamPipeline:
-        return StreamPipeline.prepared(models, preset.stream, preset.prompt, preset.filter)
+        return StreamPipeline.prepared(
+            models, preset.stream, preset.prompt, preset.filter, controlnets=preset.controlnets
+        )
 
     def install(self, models: Models, pipeline: StreamPipeline) -> None:
         """Run `pipeline` (built for `models`) from the next step on."""
