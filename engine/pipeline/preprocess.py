@@ -19,7 +19,7 @@ from engine.pipeline.models import from_pretrained
 
 log = logging.getLogger(__name__)
 
-DEPTH_SIZE = 518  # px: Depth-Anything's input side (rounded down to its patch size)
+DEPTH_SIZE = 518  # px: Depth-Anything's input side at most (512 px frames go in at 518, as its processor does)
 _LUMA = (0.299, 0.587, 0.114)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -151,8 +151,7 @@ class Depth:
 
     def __init__(self, model: Any, device: torch.device, dtype: torch.dtype) -> None:
         self.model = model
-        patch = _patch_size(model)
-        self.size = max(patch, DEPTH_SIZE // patch * patch)
+        self.patch = _patch_size(model)
         self.mean = torch.tensor(_IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
         self.std = torch.tensor(_IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
 
@@ -161,7 +160,8 @@ class Depth:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]
-        pixels = F.interpolate((image + 1) * 0.5, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        side = min(DEPTH_SIZE, -(-max(height, width) // self.patch) * self.patch)  # a multiple of the patch size
+        pixels = F.interpolate((image + 1) * 0.5, size=(side, side), mode="bilinear", align_corners=False)
         depth = self.model(pixel_values=(pixels - self.mean) / self.std).predicted_depth  # [f, h', w']
         depth = F.interpolate(depth.unsqueeze(1), size=(height, width), mode="bilinear", align_corners=False)
         low = depth.amin(dim=(1, 2, 3), keepdim=True)
