@@ -13,7 +13,7 @@ from conftest import SIZE, clip, to_input
 
 from engine.config.schema import ControlNetConfig, FilterConfig, PromptConfig, StreamConfig
 from engine.core.errors import DreamwireError
-from engine.pipeline.controlnet import ControlledUNet, build_tiny_controlnet, load_controlnet, randomize_zero_convs
+from engine.pipeline.controlnet import ControlledUNet, build_random_controlnet, load_controlnet, randomize_zero_convs
 from engine.pipeline.models import Models
 from engine.pipeline.stream import StreamPipeline
 
@@ -35,7 +35,7 @@ def pipeline(
     models: Models, nets: list[dict[str, Any]] | None = None, guidance: float = 1.0, **stream: Any
 ) -> StreamPipeline:
     settings = {"width": SIZE, "height": SIZE, "t_index_list": [16, 32], "cfg_type": "self", **stream}
-    configs = [ControlNetConfig(**{"model": "tiny", "preprocessor": "none", **net}) for net in nets or []]
+    configs = [ControlNetConfig(**{"model": "random", "preprocessor": "none", **net}) for net in nets or []]
     prompt = PromptConfig(text="a photo", guidance=guidance, seed=5)
     return StreamPipeline.prepared(models, StreamConfig(**settings), prompt, FilterConfig(), controlnets=configs)
 
@@ -58,8 +58,8 @@ def models(tiny_taesd_models: Models) -> Models:
     return Models(**{**tiny_taesd_models.__dict__, "loaded": {}})
 
 
-def test_the_tiny_controlnet_has_random_output_convolutions(models):
-    net = build_tiny_controlnet(models.unet)
+def test_the_random_controlnet_has_random_output_convolutions(models):
+    net = build_random_controlnet(models.unet)
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
     emb = torch.randn(2, 77, 32)
     down, mid = net(x, t, emb, controlnet_cond=torch.rand(2, 3, SIZE, SIZE), return_dict=False)
@@ -71,7 +71,7 @@ def test_our_step_equals_diffusers_controlnet_then_unet_on_the_same_inputs(model
     p = pipeline(models, [{"scale": 0.7}], guidance=guidance, cfg_type=cfg_type)
     recorder = record(p)
     frames = to_input(clip(3))
-    net = models.loaded[("controlnet", "tiny")]
+    net = models.loaded[("controlnet", "random")]
     for i in range(3):
         recorder.calls.clear()
         p.step(frames[i : i + 1])
@@ -137,7 +137,7 @@ def test_a_live_scale_change_moves_the_output_from_the_next_step_without_a_rebui
     frames = to_input(clip(4))
     for i in range(2):
         assert torch.equal(changed.step(frames[i : i + 1]), kept.step(frames[i : i + 1]))
-    changed.set_controlnet(0, ControlNetConfig(model="tiny", preprocessor="none", scale=1.5))
+    changed.set_controlnet(0, ControlNetConfig(model="random", preprocessor="none", scale=1.5))
     assert torch.equal(unit.row_scale[0, :2].flatten(), torch.tensor([1.5, 1.5]))
     assert (unit.row_scale.data_ptr(), unit.image.data_ptr(), id(changed.unet)) == addresses  # in place
     moved = [(changed.step(frames[i : i + 1]) - kept.step(frames[i : i + 1])).abs().amax() for i in (2, 3)]
@@ -147,9 +147,9 @@ def test_a_live_scale_change_moves_the_output_from_the_next_step_without_a_rebui
 def test_a_new_model_or_preprocessor_is_refused_as_a_live_change(models):
     p = pipeline(models, [{"scale": 0.5}])
     with pytest.raises(DreamwireError, match=r"controlnets\.0: a new model, preprocessor or input is a rebuild"):
-        p.set_controlnet(0, ControlNetConfig(model="tiny", preprocessor="canny"))
+        p.set_controlnet(0, ControlNetConfig(model="random", preprocessor="canny"))
     with pytest.raises(DreamwireError, match=r"controlnets\.1: this pipeline has no such ControlNet"):
-        p.set_controlnet(1, ControlNetConfig(model="tiny", preprocessor="none"))
+        p.set_controlnet(1, ControlNetConfig(model="random", preprocessor="none"))
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from engine.core.errors import DreamwireError
 from engine.live.loop import LiveEngine
 from engine.pipeline.models import Models
 
-TINY_NET = {"model": "tiny", "preprocessor": "canny", "scale": 0.8}
+TINY_NET = {"model": "random", "preprocessor": "canny", "scale": 0.8}
 
 
 def with_controlnets(*nets: dict[str, Any]) -> Preset:
@@ -162,7 +162,7 @@ def test_controlnet_addresses_over_a_real_udp_socket(rig):  # noqa: F811
 
 def test_the_list_over_osc_when_rebuild_keys_are_allowed(rig):  # noqa: F811
     r = rig(with_controlnets(TINY_NET), allow_rebuild_keys=True)
-    r.controller.send(f"{NS}/controlnets", json.dumps([{"model": "tiny", "preprocessor": "soft_edge", "scale": 0.4}]))
+    r.controller.send(f"{NS}/controlnets", json.dumps([{"model": "random", "preprocessor": "soft_edge", "scale": 0.4}]))
     r.controller.send(f"{NS}/controlnets", "not json")
     errors = r.controller.sync(r.feedback)
     assert len(errors) == 1 and "expects a JSON list, got 'not json'" in errors[0]
@@ -181,3 +181,25 @@ def test_streamdiffusiontd_controlnets_stays_not_supported_yet(rig):  # noqa: F8
     assert r.controller.sync(r.feedback) == ["/controlnets: StreamDiffusionTD's /controlnets is not supported yet"]
     r.apply()
     assert r.engine.preset.controlnets[0].scale == 0.5
+
+
+def test_a_scale_moves_over_frames_like_any_other_number(tiny_taesd_models: Models):
+    engine = LiveEngine(with_controlnets(TINY_NET), models=Models(**{**tiny_taesd_models.__dict__, "loaded": {}}))
+    try:
+        unit = engine.pipeline.controlnets.units[0]
+        engine.set("controlnets.0.scale", 1.6, frames=4)
+        engine.apply_pending_controls()
+        scales = [unit.config.scale]
+        for _ in range(5):
+            engine.now.frame_number += 1  # an output frame went out
+            engine.apply_pending_controls()
+            scales.append(unit.config.scale)
+        assert scales[0] < 1.6 and scales == sorted(scales) and len(set(scales)) >= 4 and scales[-1] == 1.6
+        assert float(unit.row_scale[0, 0]) == pytest.approx(1.6)
+        engine.set("controlnets.0.enabled", False)  # another field: the scale stays where it is
+        engine.apply_pending_controls()
+        assert unit.config.scale == 1.6 and not unit.config.enabled and engine.pipeline.controlnets.active == []
+        with pytest.raises(DreamwireError, match="cannot change over a duration"):
+            engine.set("controlnets.0.start", 0.5, seconds=1.0)
+    finally:
+        engine.close()

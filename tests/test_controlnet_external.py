@@ -45,7 +45,7 @@ def test_external_control_image_over_shm_end_to_end(tiny_taesd_models: Models, c
     name = f"dwt-{uuid.uuid4().hex[:10]}"
     writer = ShmWriter(name, SIZE, SIZE)
     config = preset()
-    config.controlnets = [ControlNetConfig(model="tiny", preprocessor="external", input=f"shm:{name}", scale=1.0)]
+    config.controlnets = [ControlNetConfig(model="random", preprocessor="external", input=f"shm:{name}", scale=1.0)]
     engine = LiveEngine(config, models=Models(**{**tiny_taesd_models.__dict__, "loaded": {}}))
     try:
         engine.start_io(source=PatternSource(SIZE, SIZE, fps=0), sinks=[])
@@ -72,7 +72,7 @@ def test_external_control_image_over_shm_end_to_end(tiny_taesd_models: Models, c
 
 def test_an_external_input_that_cannot_be_opened_is_an_error_at_start(tiny_taesd_models: Models):
     config = preset()
-    config.controlnets = [ControlNetConfig(model="tiny", preprocessor="external", input="bogus:thing")]
+    config.controlnets = [ControlNetConfig(model="random", preprocessor="external", input="bogus:thing")]
     engine = LiveEngine(config, models=Models(**{**tiny_taesd_models.__dict__, "loaded": {}}))
     try:
         with pytest.raises(DreamwireError, match="bogus"):

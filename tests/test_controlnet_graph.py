@@ -30,7 +30,7 @@ def test_replay_equals_eager_through_controlnet_changes_without_a_re_capture(tin
     runner = graphed(replayed)
     addresses = buffers(replayed)
     frames = [to_input(clip(3)[i : i + 1]) for i in range(3)]
-    entry = ControlNetConfig(model="tiny", **net)
+    entry = ControlNetConfig(model="random", **net)
     changes = [
         entry,
         # written in place: the per-row scales (slot 0 off, slot 1 at 1.7) and the thresholds; the same nets run

@@ -117,7 +117,7 @@ def test_depth_runs_a_transformers_depth_model_and_normalises_each_frame(tiny_de
 
 def test_a_depth_controlnet_loads_its_depth_model_when_built(tiny_taesd_models: Models, tiny_depth: Path):
     models = Models(**{**tiny_taesd_models.__dict__, "loaded": {}})
-    net = ControlNetConfig(model="tiny", preprocessor="depth", depth_model=str(tiny_depth))
+    net = ControlNetConfig(model="random", preprocessor="depth", depth_model=str(tiny_depth))
     stream = StreamConfig(width=SIZE, height=SIZE, t_index_list=[16, 32])
     pipeline = StreamPipeline.prepared(models, stream, PromptConfig(), FilterConfig(), controlnets=[net])
     assert ("depth", str(tiny_depth)) in models.loaded

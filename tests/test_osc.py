@@ -263,8 +263,8 @@ REBUILD_VALUES: dict[str, tuple[tuple[Any, ...], Any]] = {
     "io.input": (("pattern:?fps=10",), "pattern:?fps=10"),
     "io.outputs": (("preview:?port=0",), ["preview:?port=0"]),
     "controlnets": (
-        ('[{"model": "tiny", "preprocessor": "none"}]',),
-        [ControlNetConfig(model="tiny", preprocessor="none")],
+        ('[{"model": "random", "preprocessor": "none"}]',),
+        [ControlNetConfig(model="random", preprocessor="none")],
     ),
 }
 

@@ -224,7 +224,11 @@ MAX_CONTROLNETS = 4
 class ControlNetConfig(Section):
     """One ControlNet (engine/pipeline/controlnet.py): its model and preprocessor are a rebuild, the rest is live."""
 
-    model: str = rebuild(..., "Hugging Face id or local diffusers folder of a ControlNet for the model's base.")
+    model: str = rebuild(
+        ...,
+        "Hugging Face id or local diffusers folder of a ControlNet for the model's base; `random`: one built from "
+        "the model's own UNet with random weights (tests, demos, bench).",
+    )
     preprocessor: Preprocessor = rebuild(
         "canny",
         "What makes the control image from the input frame: none (the frame itself), canny, soft_edge, depth, or "

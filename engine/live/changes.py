@@ -19,7 +19,7 @@ from engine.live.in_effect import InEffect
 from engine.live.io_bridges import IoBridges
 from engine.live.prompts import Prompts
 from engine.live.rebuild import Rebuilds
-from engine.live.targets import NoiseSource, noise_of, set_noise_cut
+from engine.live.targets import MORPHS, NoiseSource, noise_of, set_noise_cut
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,14 @@ class Changes:
     def _set_controlnet(self, control: SetValue) -> None:
         """controlnets.<i>.scale, enabled, start, end, thresholds: written into the running ControlNet in place."""
         now = self._now
-        _, index, _ = paths.parts(control.path)
-        _, entries, _ = paths.assigned(now.preset, control.path, control.value)
-        now.pipeline.set_controlnet(int(index), entries[index])  # type: ignore[index,arg-type]
+        if control.path in MORPHS:  # the scale: at once or over the duration, like guidance
+            now.move(control.path, float(control.value), control)
+        else:
+            index = int(paths.parts(control.path)[1])  # type: ignore[arg-type]  # controlnets.<i>.<field>
+            _, entries, _ = paths.assigned(now.preset, control.path, control.value)
+            running = now.pipeline.controlnets.units[index].config  # type: ignore[union-attr]
+            # the scale as it is now (a transition may be moving it), the other fields as requested
+            now.pipeline.set_controlnet(index, entries[index].model_copy(update={"scale": running.scale}))
         now.store(control)
         now.events.applied(control, control.value)
 

@@ -39,8 +39,9 @@ class Requests:
         """Change one parameter (dotted path from the registry); raises DreamwireError on a bad value."""
         duration = Duration(seconds, frames)
         spec = spec_of(path)
-        if not duration.is_cut and spec.apply not in MORPHS:
-            movable = ", ".join(p for p, s in registry().items() if s.apply in MORPHS)
+        if not duration.is_cut and spec.apply not in MORPHS and path not in MORPHS:
+            movable = ", ".join(p for p, s in registry().items() if s.apply in MORPHS and not s.item)
+            movable += ", controlnets.<i>.scale"
             raise DreamwireError(f"{path} cannot change over a duration, only at once (these can: {movable})")
         with self._lock:
             request_id = self._next_id

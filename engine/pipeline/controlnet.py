@@ -33,7 +33,9 @@ from engine.pipeline.preprocess import Preprocessor, load_depth_model, make_prep
 
 log = logging.getLogger(__name__)
 
-TINY_CONTROLNET_ID = "tiny"  # built from the model's own UNet with random weights: tests, demos, bench
+# A ControlNet built from the model's own UNet (ControlNetModel.from_unet: the architecture of a real one for that
+# base) with random weights: tests, demos, and the bench's cost of a ControlNet without a download.
+RANDOM_CONTROLNET_ID = "random"
 _EPSILON = 1e-6
 
 
@@ -67,7 +69,7 @@ def randomize_zero_convs(net: torch.nn.Module, seed: int = 0, std: float = 0.05)
     return net
 
 
-def build_tiny_controlnet(unet: torch.nn.Module) -> torch.nn.Module:
+def build_random_controlnet(unet: torch.nn.Module) -> torch.nn.Module:
     from diffusers import ControlNetModel
 
     with torch.random.fork_rng(devices=[]):
@@ -94,8 +96,8 @@ def load_controlnet(
     net_id: str, unet: torch.nn.Module, model_id: str, device: torch.device, dtype: torch.dtype
 ) -> torch.nn.Module:
     """A ControlNetModel by hub id or local diffusers folder (or `tiny`), checked against the UNet's base."""
-    if net_id == TINY_CONTROLNET_ID:
-        net = build_tiny_controlnet(unet if unet.dtype == torch.float32 else copy.deepcopy(unet).float())
+    if net_id == RANDOM_CONTROLNET_ID:
+        net = build_random_controlnet(unet if unet.dtype == torch.float32 else copy.deepcopy(unet).float())
     else:
         from diffusers import ControlNetModel
 

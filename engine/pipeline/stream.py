@@ -287,6 +287,12 @@ class StreamPipeline:
         if self.controlnets.set(index, config):
             self._run.invalidate()
 
+    def set_controlnet_scale(self, index: int, scale: float) -> None:
+        """Live: only ControlNet `index`'s scale (a cut, or a transition's step)."""
+        if self.controlnets is None or not 0 <= index < len(self.controlnets.units):
+            raise DreamwireError(f"controlnets.{index}: this pipeline has no such ControlNet")
+        self.set_controlnet(index, self.controlnets.units[index].config.model_copy(update={"scale": scale}))
+
     def set_control_frame(self, index: int, image: torch.Tensor) -> None:
         """The newest frame of ControlNet `index`'s external source [f, 3, H, W] in [−1, 1], before a step."""
         self.controlnets.set_external(index, image)  # type: ignore[union-attr]
