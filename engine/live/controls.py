@@ -118,7 +118,9 @@ class RequestedValues:
         with self._lock:
             (top, new), checked = self._checked(path, value)
             yield checked
-            setattr(self._preset, top, new)
+            # Already validated (the section, or the list with the changed entry): a validated assignment to the
+            # preset would run the checks a second time (the preset itself has no check across sections).
+            self._preset.__dict__[top] = new
             self._latest[path] = request_id
 
     def _checked(self, path: str, value: Any) -> tuple[tuple[str, Any], Any]:
