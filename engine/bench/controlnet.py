@@ -81,7 +81,7 @@ def preprocessor_costs(models: Models, preset: Preset, frames: int) -> dict[str,
     try:
         preprocessors["depth"] = Depth(load_depth_model(depth_id, device, dtype), device, dtype)
     except DreamwireError as error:
-        costs["depth"] = f"not measured: {error}".split("\n")[0]
+        costs["depth"] = f"not measured: {str(error).split('. ')[0]}"  # its first sentence names the model and why
     with torch.no_grad():
         for name, preprocess in preprocessors.items():
             for _ in range(WARMUP_FRAMES):
