@@ -46,22 +46,22 @@ class PassThrough:
         return None
 
 
-def _luma255(image: torch.Tensor) -> torch.Tensor:
-    """[f, 3, H, W] in [−1, 1] → luma [f, 1, H, W] on OpenCV's 0–255 scale."""
-    weights = torch.tensor(_LUMA, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
-    return ((image + 1) * 127.5 * weights).sum(1, keepdim=True)
-
-
 class _Kernels:
-    """Sobel and Gaussian kernels [1, 1, k, k], made once on the device."""
+    """Luma weights and the Sobel and Gaussian kernels [1, 1, k, k], made once on the device (never per frame: a
+    tensor made from host numbers inside the step would be an upload, and cannot be captured in a CUDA graph)."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.luma_weights = torch.tensor(_LUMA, dtype=dtype).view(1, 3, 1, 1).to(device)
         sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
         self.sobel_x = sobel.view(1, 1, 3, 3).to(device, dtype)
         self.sobel_y = sobel.t().contiguous().view(1, 1, 3, 3).to(device, dtype)
         g = torch.exp(-((torch.arange(5.0) - 2) ** 2) / (2 * 1.4**2))
         g = torch.outer(g, g)
         self.gauss = (g / g.sum()).view(1, 1, 5, 5).to(device, dtype)
+
+    def luma255(self, image: torch.Tensor) -> torch.Tensor:
+        """[f, 3, H, W] in [−1, 1] → luma [f, 1, H, W] on OpenCV's 0–255 scale (float32)."""
+        return ((image.float() + 1) * 127.5 * self.luma_weights).sum(1, keepdim=True)
 
     def gradients(self, luma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         padded = F.pad(luma, (1, 1, 1, 1), mode="replicate")
@@ -87,7 +87,7 @@ class Canny:
         self.high.fill_(config.canny_high)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        luma = self.kernels.blur(_luma255(image.float()))
+        luma = self.kernels.blur(self.kernels.luma255(image))
         gx, gy = self.kernels.gradients(luma)
         magnitude = torch.sqrt(gx * gx + gy * gy)
         thin = magnitude * _is_ridge(magnitude, gx, gy)
@@ -132,7 +132,7 @@ class SoftEdge:
         return None
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        luma = _luma255(image.float())
+        luma = self.kernels.luma255(image)
         size = luma.shape[-2:]
         total = torch.zeros_like(luma)
         for scale in self.SCALES:
