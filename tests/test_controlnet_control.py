@@ -203,3 +203,14 @@ def test_a_scale_moves_over_frames_like_any_other_number(tiny_taesd_models: Mode
             engine.set("controlnets.0.start", 0.5, seconds=1.0)
     finally:
         engine.close()
+
+
+def test_an_external_input_is_checked_when_sent_and_file_uris_never_come_over_the_network(rig):  # noqa: F811
+    r = rig(with_controlnets(TINY_NET), allow_rebuild_keys=True)
+    with pytest.raises(DreamwireError, match="unknown source scheme 'bogus'"):  # refused to the sender, nothing queued
+        r.engine.set("controlnets", [{"model": "random", "preprocessor": "external", "input": "bogus:x"}])
+    external = {"model": "random", "preprocessor": "external", "input": "file:/etc/passwd"}
+    r.controller.send(f"{NS}/controlnets", json.dumps([external]))
+    errors = r.controller.sync(r.feedback)
+    assert errors == [f"{NS}/controlnets: controlnets: file: URIs are refused over the network ('file:/etc/passwd')"]
+    assert r.engine.requested.snapshot().controlnets[0].preprocessor == "canny"  # unchanged

@@ -156,10 +156,14 @@ class ControlSurface:
             )
 
     def check_value(self, path: str, value: Any) -> None:
-        if path.startswith("io."):
-            for uri in value if isinstance(value, list) else [value]:
-                if str(uri).strip().lower().startswith("file:"):
-                    raise DreamwireError(f"{path}: file: URIs are refused over the network ({uri!r})")
+        uris: list[Any] = []
+        if path.startswith("io.") or (path.startswith("controlnets.") and path.endswith(".input")):
+            uris = value if isinstance(value, list) else [value]
+        elif path == "controlnets" and isinstance(value, list):  # entries as sent: dicts, not yet validated
+            uris = [entry.get("input") for entry in value if isinstance(entry, dict)]
+        for uri in uris:
+            if str(uri).strip().lower().startswith("file:"):
+                raise DreamwireError(f"{path}: file: URIs are refused over the network ({uri!r})")
         if path == "stream.t_index_list" and value and not self.config.allow_rebuild_keys:  # []: the schema's
             steps = len(self.engine.requested.snapshot().stream.t_index_list)
             if len(value) != steps:

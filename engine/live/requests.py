@@ -52,6 +52,8 @@ class Requests:
                     bridges = (open_source(checked, self._instance),)
                 elif spec.apply == "sinks":
                     bridges = tuple(open_sink(uri, self._instance) for uri in checked)
+                for uri in _control_inputs(path, checked):  # an external ControlNet's source: checked the same way
+                    open_source(uri, self._instance)
             return self._queue_locked(SetValue(path, checked, duration, bridges, request_id))
 
     def blend_prompts(
@@ -98,6 +100,15 @@ class Requests:
         self._next_id += 1
         self.queue.put(control)
         return control.request_id
+
+
+def _control_inputs(path: str, value: Any) -> list[str]:
+    """The source URIs of external ControlNets that a change of `path` asks for."""
+    if path == "controlnets":
+        return [entry.input for entry in value if entry.input is not None]
+    if path.startswith("controlnets.") and path.endswith(".input") and value is not None:
+        return [value]
+    return []
 
 
 def _pairs(what: str, items: Sequence[tuple[Any, float]]) -> list[tuple[Any, float]]:
