@@ -16,12 +16,15 @@ from typing import Any
 import torch
 
 from engine.backends.fallback import Fallback
+from engine.backends.unet import Residuals, unet_forward
 from engine.backends.vae import VaeBackend
 from engine.core.errors import DreamwireError
 
 
-def _unet_forward(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-    return unet(x, t, encoder_hidden_states=embeddings, return_dict=False)[0]
+def _unet_forward(
+    unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, residuals: Residuals | None
+) -> torch.Tensor:
+    return unet_forward(unet, x, t, embeddings, residuals)
 
 
 def _encode(vae: VaeBackend, image: torch.Tensor) -> torch.Tensor:
@@ -62,8 +65,10 @@ class CompiledUNet:
         self.unet = unet
         self._forward = _Guarded(_unet_forward, "the UNet", fallback)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        return self._forward(self.unet, x, t, embeddings)
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, residuals: Residuals | None = None
+    ) -> torch.Tensor:
+        return self._forward(self.unet, x, t, embeddings, residuals)
 
 
 class CompiledVae:

@@ -36,6 +36,57 @@ class _UNetGraph(torch.nn.Module):
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 
+class _ControlledUNetGraph(torch.nn.Module):
+    """The UNet with the ControlNets' summed residuals as inputs: down_0 … down_{k−1}, mid."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        *residuals: torch.Tensor,
+    ) -> torch.Tensor:
+        *down, mid = residuals
+        return self.unet(
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
+
+
+class _ControlNetGraph(torch.nn.Module):
+    """A ControlNet whose residuals are scaled per row: conditioning_scale [B] is an input (live, no rebuild)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        controlnet_cond: torch.Tensor,
+        conditioning_scale: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        down, mid = self.net(
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            controlnet_cond=controlnet_cond,
+            return_dict=False,
+        )
+        scale = conditioning_scale.view(-1, 1, 1, 1).to(mid.dtype)
+        return (*(block * scale for block in down), mid * scale)
+
+
 class _TinyEncoder(torch.nn.Module):
     """TAESD: image [B, 3, H, W] in [−1, 1] → latent [B, C, H/8, W/8], unscaled."""
 
@@ -99,6 +150,66 @@ def export_unet(unet: torch.nn.Module, path: Path, rows: int, latent_size: tuple
     return _export(_UNetGraph(unet), example, path, list(UNET_INPUTS), UNET_OUTPUT, dynamic)
 
 
+def residual_names(net: torch.nn.Module) -> list[str]:
+    """The residual inputs of a controlled UNet graph (and outputs of a ControlNet graph): down_0 …, mid."""
+    return [f"down_{i}" for i in range(len(net.controlnet_down_blocks))] + ["mid"]
+
+
+@torch.no_grad()
+def export_controlnet(
+    net: torch.nn.Module, path: Path, rows: int, latent_size: tuple[int, int]
+) -> tuple[Path, list[str]]:
+    """sample [B, C, h, w], timestep [B] int64, encoder_hidden_states [B, 77, D], controlnet_cond [B, 3, 8h, 8w] in
+    [0, 1], conditioning_scale [B] → the residuals scaled per row (residual_names). Same dynamic range as the
+    UNet's graph, so the two engines' profiles are equal."""
+    weight = _parameter(net)
+    channels, dim = int(net.config.in_channels), int(net.config.cross_attention_dim)
+    h, w = latent_size
+    example = (
+        torch.randn(rows, channels, h, w, dtype=weight.dtype, device=weight.device),
+        torch.full((rows,), 500, dtype=torch.int64, device=weight.device),
+        torch.randn(rows, TEXT_TOKENS, dim, dtype=weight.dtype, device=weight.device),
+        torch.rand(rows, 3, 8 * h, 8 * w, dtype=weight.dtype, device=weight.device),
+        torch.ones(rows, dtype=weight.dtype, device=weight.device),
+    )
+    names = residual_names(net)
+    inputs = [*UNET_INPUTS, "controlnet_cond", "conditioning_scale"]
+    dynamic = {
+        "sample": {0: "batch", 2: "height", 3: "width"},
+        "timestep": {0: "batch"},
+        "encoder_hidden_states": {0: "batch"},
+        "controlnet_cond": {0: "batch", 2: "image_height", 3: "image_width"},
+        "conditioning_scale": {0: "batch"},
+        **{name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in names},
+    }
+    return _export(_ControlNetGraph(net), example, path, inputs, names, dynamic), names
+
+
+@torch.no_grad()
+def export_controlled_unet(
+    unet: torch.nn.Module, net: torch.nn.Module, path: Path, rows: int, latent_size: tuple[int, int]
+) -> Path:
+    """export_unet's graph with the residuals (residual_names(net), shapes as the ControlNet gives them) as inputs."""
+    weight = _parameter(unet)
+    channels, dim = int(unet.config.in_channels), int(unet.config.cross_attention_dim)
+    h, w = latent_size
+    sample = torch.randn(rows, channels, h, w, dtype=weight.dtype, device=weight.device)
+    timestep = torch.full((rows,), 500, dtype=torch.int64, device=weight.device)
+    text = torch.randn(rows, TEXT_TOKENS, dim, dtype=weight.dtype, device=weight.device)
+    cond = torch.rand(rows, 3, 8 * h, 8 * w, dtype=weight.dtype, device=weight.device)
+    down, mid = net(sample, timestep, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
+    names = residual_names(net)
+    dynamic = {
+        "sample": {0: "batch", 2: "height", 3: "width"},
+        "timestep": {0: "batch"},
+        "encoder_hidden_states": {0: "batch"},
+        UNET_OUTPUT: {0: "batch", 2: "height", 3: "width"},
+        **{name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in names},
+    }
+    example = (sample, timestep, text, *down, mid)
+    return _export(_ControlledUNetGraph(unet), example, path, [*UNET_INPUTS, *names], UNET_OUTPUT, dynamic)
+
+
 @torch.no_grad()
 def export_vae(vae: torch.nn.Module, folder: Path, image_size: tuple[int, int]) -> list[Path]:
     """vae_encoder.onnx (image → latent for TAESD, → moments for AutoencoderKL) and vae_decoder.onnx."""
@@ -137,7 +248,7 @@ def _export(
     example: tuple[torch.Tensor, ...],
     path: Path,
     inputs: list[str],
-    output: str,
+    output: str | list[str],
     dynamic: dict[str, dict[int, str]],
 ) -> Path:
     """Export into a staging folder, then move into place as one .onnx file (plus one .onnx.data file when the
@@ -158,7 +269,7 @@ def _export(
                 dynamo=False,
                 opset_version=ONNX_OPSET,
                 input_names=inputs,
-                output_names=[output],
+                output_names=[output] if isinstance(output, str) else output,
                 dynamic_axes=dynamic,
                 do_constant_folding=True,
             )

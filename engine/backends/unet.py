@@ -1,4 +1,4 @@
-"""The UNet backend protocol, `ε = unet(x, t, embeddings)`, and its eager PyTorch implementation."""
+"""The UNet backend protocol, `ε = unet(x, t, embeddings[, residuals])`, and its eager PyTorch implementation."""
 
 from __future__ import annotations
 
@@ -6,9 +6,15 @@ from typing import Protocol
 
 import torch
 
+# ControlNet residuals (engine/pipeline/controlnet.py): (one per down block output [B, C_k, h_k, w_k], the mid
+# block's [B, C, h', w']), already scaled and summed over the nets; None without ControlNets.
+Residuals = tuple[list[torch.Tensor], torch.Tensor]
+
 
 class UNetBackend(Protocol):
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, residuals: Residuals | None = None
+    ) -> torch.Tensor:
         """x: [B, C, h, w] latents, t: [B] int64 timesteps, embeddings: [B, L, D] → ε: [B, C, h, w]."""
         ...
 
@@ -17,5 +23,21 @@ class EagerUNet:
     def __init__(self, unet: torch.nn.Module) -> None:
         self.unet = unet
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t, encoder_hidden_states=embeddings, return_dict=False)[0]
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, residuals: Residuals | None = None
+    ) -> torch.Tensor:
+        return unet_forward(self.unet, x, t, embeddings, residuals)
+
+
+def unet_forward(
+    unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, residuals: Residuals | None
+) -> torch.Tensor:
+    down, mid = residuals if residuals is not None else (None, None)
+    return unet(
+        x,
+        t,
+        encoder_hidden_states=embeddings,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+        return_dict=False,
+    )[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.bench.bridges import format_bridge_costs
+from engine.bench.controlnet import format_controlnet
 from engine.bench.osc import format_osc
 from engine.bench.pipeline import Measurement, format_table
 
@@ -46,5 +47,7 @@ def format_report(report: dict[str, Any]) -> str:
         )
     if "bridges" in report:
         lines += format_bridge_costs(report["bridges"])
+    if "controlnets" in report:
+        lines += format_controlnet(report["controlnets"])
     lines.append(f"device: {report['device']}, torch threads: {report['threads']}")
     return "\n".join(lines)

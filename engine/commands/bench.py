@@ -15,7 +15,7 @@ import torch
 from engine.config.schema import Preset
 from engine.pipeline.models import Models
 
-PARTS = ("pipeline", "prompt-changes", "loop", "bridges", "osc")
+PARTS = ("pipeline", "prompt-changes", "loop", "bridges", "osc")  # the default; `--only controlnets` adds ControlNets
 
 
 def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
@@ -47,6 +47,7 @@ def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
 def _parts(models: Models, preset: Preset, frames: int) -> dict[str, Callable[[], dict[str, Any]]]:
     """Each part of the bench: a function giving its entries of the report."""
     from engine.bench.bridges import bridge_costs
+    from engine.bench.controlnet import controlnet_costs
     from engine.bench.live import loop_efficiency, prompt_change_frame_times
     from engine.bench.osc import osc_benchmarks
     from engine.bench.pipeline import ratios, run_measurements
@@ -65,4 +66,5 @@ def _parts(models: Models, preset: Preset, frames: int) -> dict[str, Callable[[]
         "loop": lambda: {"loop": loop_efficiency(models, preset, seconds=max(2.0, frames / 6))},
         "bridges": lambda: {"bridges": bridge_costs(frames=max(100, 8 * frames))},
         "osc": lambda: {"osc": osc_benchmarks(models, preset)},
+        "controlnets": lambda: {"controlnets": controlnet_costs(models, preset, frames)},
     }

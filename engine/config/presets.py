@@ -44,7 +44,8 @@ def read_preset_file(name_or_path: str) -> dict[str, Any]:
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """`stream.t_index_list=[10,25]` → raw["stream"]["t_index_list"] = [10, 25] (value parsed as YAML)."""
+    """`stream.t_index_list=[10,25]` → raw["stream"]["t_index_list"] = [10, 25] (value parsed as YAML);
+    `controlnets=[{model: DIR, preprocessor: canny}]` sets a whole list, `controlnets.0.scale=0.5` one entry's field."""
     key, sep, text = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -54,13 +55,25 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     except yaml.YAMLError as error:
         raise DreamwireError(f"--set {key}: value {text!r} is not a YAML scalar or list") from error
     *sections, name = key.split(".")
-    node = raw
-    for section in sections:
-        child = node.setdefault(section, {})
-        if not isinstance(child, dict):
+    node: Any = raw
+    for position, section in enumerate(sections):
+        if isinstance(node, list):
+            node = _list_entry(node, key, section)
+            continue
+        indexed = [*sections, name][position + 1].isdigit()  # controlnets.0.scale: controlnets is a list
+        child = node.setdefault(section, [] if indexed else {})
+        if not isinstance(child, dict | list):
             raise DreamwireError(f"--set {key}: {section!r} is not a section")
         node = child
+    if not isinstance(node, dict):
+        raise DreamwireError(f"--set {key}: give an entry's field, e.g. controlnets.0.scale=0.5")
     node[name] = value
+
+
+def _list_entry(items: list[Any], key: str, index: str) -> dict[str, Any]:
+    if not index.isdigit() or int(index) >= len(items) or not isinstance(items[int(index)], dict):
+        raise DreamwireError(f"--set {key}: no entry {index!r} in a list of {len(items)}")
+    return items[int(index)]
 
 
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
@@ -73,7 +86,7 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
         if item["type"] == "extra_forbidden":
             section = path.rsplit(".", 1)[0] if "." in path else ""
             keys = (
-                sorted(p.split(".", 1)[1] for p in specs if p.startswith(section + "."))
+                sorted(p[len(section) + 1 :] for p in specs if p.startswith(section + "."))
                 if section
                 else sorted({p.split(".")[0] for p in specs})
             )

@@ -5,6 +5,7 @@ README table all come from here."""
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from engine.config.schema import Preset
 
@@ -28,6 +30,7 @@ class ParamSpec:
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     startup: bool = False  # read once when `dreamwire run` starts (osc.*): neither live nor a rebuild
+    item: str = ""  # a field of a list entry: its path with "<i>" for the index, e.g. "controlnets.<i>.scale"
 
     @property
     def when(self) -> str:
@@ -69,34 +72,73 @@ def _bounds(field: Any) -> tuple[float | None, float | None]:
     return low, high
 
 
+def _spec(path: str, field: FieldInfo, item: str = "") -> ParamSpec:
+    kind, choices = _kind(field.annotation)
+    low, high = _bounds(field)
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    default = None if field.is_required() else field.get_default(call_default_factory=True)
+    return ParamSpec(
+        path=path,
+        kind=kind,
+        default=default,
+        doc=field.description or "",
+        live=bool(extra.get("live", False)),
+        apply=str(extra.get("apply", "rebuild")),
+        minimum=low,
+        maximum=high,
+        choices=choices,
+        startup=bool(extra.get("startup", False)),
+        item=item,
+    )
+
+
+def list_section(field: FieldInfo) -> tuple[type[BaseModel], int] | None:
+    """(entry model, most entries) of an indexed list section such as `controlnets`; None for a plain section."""
+    if typing.get_origin(field.annotation) is not list:
+        return None
+    (entry,) = typing.get_args(field.annotation)
+    most = next((m.max_length for m in field.metadata if getattr(m, "max_length", None) is not None), None)
+    if most is None:
+        raise AssertionError("a list section needs a max_length: its registry paths are made for each index")
+    return entry, most
+
+
 @cache
 def registry() -> dict[str, ParamSpec]:
+    """path → spec. A section's fields are `section.field`; an indexed list section (`controlnets`) is the whole
+    list under its own name (a rebuild) plus `controlnets.<i>.<field>` for every index it may have."""
     specs: dict[str, ParamSpec] = {}
     for section_name, section_field in Preset.model_fields.items():
-        section: type[BaseModel] = section_field.annotation  # type: ignore[assignment]
-        for name, field in section.model_fields.items():
-            kind, choices = _kind(field.annotation)
-            low, high = _bounds(field)
-            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-            specs[f"{section_name}.{name}"] = ParamSpec(
-                path=f"{section_name}.{name}",
-                kind=kind,
-                default=field.get_default(call_default_factory=True),
-                doc=field.description or "",
-                live=bool(extra.get("live", False)),
-                apply=str(extra.get("apply", "rebuild")),
-                minimum=low,
-                maximum=high,
-                choices=choices,
-                startup=bool(extra.get("startup", False)),
-            )
+        listed = list_section(section_field)
+        if listed is None:
+            section: type[BaseModel] = section_field.annotation  # type: ignore[assignment]
+            for name, field in section.model_fields.items():
+                specs[f"{section_name}.{name}"] = _spec(f"{section_name}.{name}", field)
+            continue
+        entry, most = listed
+        whole = _spec(section_name, section_field)
+        specs[section_name] = dataclasses.replace(whole, kind=f"list[{entry.__name__}]")
+        for index in range(most):
+            for name, field in entry.model_fields.items():
+                specs[f"{section_name}.{index}.{name}"] = _spec(
+                    f"{section_name}.{index}.{name}", field, item=f"{section_name}.<i>.{name}"
+                )
     return specs
+
+
+def documented() -> list[ParamSpec]:
+    """The registry with one row per field of a list section (`controlnets.<i>.scale`), for the docs."""
+    rows: dict[str, ParamSpec] = {}
+    for spec in registry().values():
+        rows.setdefault(spec.item or spec.path, dataclasses.replace(spec, path=spec.item or spec.path))
+    return list(rows.values())
 
 
 def markdown_table() -> str:
     """The README's parameter table."""
     rows = ["| parameter | type / allowed | default | live | description |", "|---|---|---|---|---|"]
-    for spec in registry().values():
+    for spec in documented():
         allowed = spec.allowed().replace("|", "\\|")  # "str|null" inside a table cell
-        rows.append(f"| `{spec.path}` | {allowed} | `{spec.default!r}` | {spec.when} | {spec.doc} |")
+        default = "required" if spec.default is None and spec.kind == "str" else f"`{spec.default!r}`"
+        rows.append(f"| `{spec.path}` | {allowed} | {default} | {spec.when} | {spec.doc} |")
     return "\n".join(rows)

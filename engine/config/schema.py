@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 CfgType = Literal["none", "full", "self", "initialize"]
 # What applies a change (engine/live/loop.py has one handler per name). cond, uncond, guidance, delta and noise
 # are also the pipeline values a change can move over a duration (engine/live/targets.py).
-Apply = Literal["cond", "uncond", "guidance", "delta", "noise", "schedule", "filter", "source", "sinks", "rebuild"]
+Apply = Literal[
+    "cond", "uncond", "guidance", "delta", "noise", "schedule", "filter", "source", "sinks", "controlnet", "rebuild"
+]
 # diffusers' LCMScheduler.set_timesteps refuses more steps than its config's original_inference_steps (default 50,
 # the value in every LCM and turbo config we load); engine/pipeline/schedule.py checks the real config too.
 MAX_INFERENCE_STEPS = 50
@@ -215,6 +217,70 @@ class OscConfig(Section):
         return value
 
 
+Preprocessor = Literal["none", "canny", "soft_edge", "depth", "external"]
+MAX_CONTROLNETS = 4
+
+
+class ControlNetConfig(Section):
+    """One ControlNet (engine/pipeline/controlnet.py): its model and preprocessor are a rebuild, the rest is live."""
+
+    model: str = rebuild(
+        ...,
+        "Hugging Face id or local diffusers folder of a ControlNet for the model's base; `random`: one built from "
+        "the model's own UNet with random weights (tests, demos, bench).",
+    )
+    preprocessor: Preprocessor = rebuild(
+        "canny",
+        "What makes the control image from the input frame: none (the frame itself), canny, soft_edge, depth, or "
+        "external (the newest frame of the `input` source).",
+    )
+    scale: float = live(1.0, "Conditioning scale; 0 skips the net (no cost).", apply="controlnet", ge=0.0, le=2.0)
+    enabled: bool = live(True, "false skips the net (no cost); the scale is kept.", apply="controlnet")
+    start: float = live(
+        0.0,
+        "Part of the denoising it acts on, from (0 = first slot of t_index_list).",
+        apply="controlnet",
+        ge=0.0,
+        le=1.0,
+    )
+    end: float = live(
+        1.0, "Part of the denoising it acts on, to (1 = last slot of t_index_list).", apply="controlnet", ge=0.0, le=1.0
+    )
+    input: str | None = rebuild(None, "Source URI of the control image, only with preprocessor external.")
+    depth_model: str = rebuild(
+        "depth-anything/Depth-Anything-V2-Small-hf",
+        "depth: a transformers depth-estimation model (Hugging Face id or local folder).",
+        min_length=1,
+    )
+    canny_low: float = live(
+        100.0,
+        "canny: weak-edge threshold on the gradient magnitude (0-255 scale, as OpenCV).",
+        apply="controlnet",
+        ge=0.0,
+        le=2000.0,
+    )
+    canny_high: float = live(
+        200.0,
+        "canny: strong-edge threshold on the gradient magnitude (0-255 scale).",
+        apply="controlnet",
+        ge=0.0,
+        le=2000.0,
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ControlNetConfig:
+        if (self.preprocessor == "external") != (self.input is not None):
+            raise ValueError(
+                f"input {self.input!r} with preprocessor {self.preprocessor!r}: give an input URI exactly when the "
+                "preprocessor is external"
+            )
+        if self.start > self.end:
+            raise ValueError(f"start {self.start} is after end {self.end} (need start <= end)")
+        if self.canny_low > self.canny_high:
+            raise ValueError(f"canny_low {self.canny_low} is above canny_high {self.canny_high}")
+        return self
+
+
 class Preset(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
@@ -222,3 +288,9 @@ class Preset(Section):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     io: IOConfig = Field(default_factory=IOConfig)
     osc: OscConfig = Field(default_factory=OscConfig)
+    controlnets: list[ControlNetConfig] = rebuild(
+        [],
+        f"ControlNets, at most {MAX_CONTROLNETS}; adding or removing one, or changing its model or preprocessor, "
+        "rebuilds the pipeline.",
+        max_length=MAX_CONTROLNETS,
+    )

@@ -12,6 +12,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
+
 from engine.config.registry import ParamSpec
 from engine.core.errors import DreamwireError
 
@@ -28,12 +30,27 @@ def coerce(spec: ParamSpec, args: Sequence[Any]) -> Any:
         return join_text(args)
     if kind.startswith("list["):
         item = kind[len("list[") : -1]
+        if item not in SCALARS:  # a list section (controlnets): one JSON text, its entries as objects
+            return json_list(join_text(args))
         return [scalar(item, value) for value in list_items(args, split=item != "str")]
     if len(args) != 1:
         raise DreamwireError(f"expects 1 argument ({spec.allowed()}), got {len(args)}")
     if kind.endswith("|null") and args[0] is None:
         return None
     return scalar(kind.removesuffix("|null"), args[0])
+
+
+SCALARS = ("int", "float", "bool", "str", "enum")
+
+
+def json_list(text: str) -> list[Any]:
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DreamwireError(f"expects a JSON list, got {text!r} ({error.msg})") from None
+    if not isinstance(parsed, list):
+        raise DreamwireError(f"expects a JSON list, got {text!r}")
+    return parsed
 
 
 def join_text(args: Sequence[Any]) -> str:
@@ -124,6 +141,8 @@ def osc_args(value: Any) -> list[Any]:
     lists as one argument per item, None as nil."""
     if isinstance(value, bool):
         return [int(value)]
+    if isinstance(value, list | tuple) and any(isinstance(element, BaseModel) for element in value):
+        return [json.dumps([element.model_dump() for element in value])]  # a list section: one JSON text
     if isinstance(value, list | tuple):
         return [item for element in value for item in osc_args(element)]
     return [value]
@@ -134,6 +153,8 @@ def osc_type(spec: ParamSpec, value: Any = None) -> str:
     item = {"int": "i", "float": "f", "bool": "i", "str": "s", "enum": "s"}
     kind = spec.kind.removesuffix("|null")
     if kind.startswith("list["):
+        if kind[len("list[") : -1] not in item:
+            return "s"  # a list section as one JSON text
         tag = item[kind[len("list[") : -1]]
         return tag * len(value) if isinstance(value, list) else tag + "…"
     if kind == "int" and spec.maximum is not None and spec.maximum > INT32_MAX:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from engine.config import paths
 from engine.config.presets import available_presets, load_preset
 from engine.config.registry import ParamSpec, registry
 from engine.control.coerce import join_text, osc_args, scalar
@@ -45,7 +46,8 @@ class Surface(Protocol):
 Handler = Callable[[Surface, Sequence[Any]], None]
 Getter = Callable[[Surface], list[Any]]
 
-PRESET_SECTIONS = ("model", "stream", "prompt", "filter")  # what /preset changes; io and osc stay as started
+# What /preset changes (controlnets: the whole list, a rebuild key); io and osc stay as started.
+PRESET_SECTIONS = ("model", "stream", "prompt", "filter", "controlnets")
 PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
@@ -203,7 +205,7 @@ def preset(surface: Surface, args: Sequence[Any]) -> None:
         raise DreamwireError(f"unknown preset {name!r} (available: {', '.join(available_presets())})")
     target = load_preset(name)  # validated whole: its values fit together
     in_effect, requested = surface.engine.preset, surface.engine.requested.snapshot()
-    specs = [spec for spec in registry().values() if spec.path.split(".")[0] in PRESET_SECTIONS]
+    specs = [spec for spec in registry().values() if spec.path.split(".")[0] in PRESET_SECTIONS and not spec.item]
     # A key equal to the value in effect (and not asked to change since) is not a change.
     changes = [
         (spec, _get(target, spec.path))
@@ -226,8 +228,7 @@ def preset(surface: Surface, args: Sequence[Any]) -> None:
 
 
 def _get(preset: Any, path: str) -> Any:
-    section, name = path.split(".")
-    return getattr(getattr(preset, section), name)
+    return paths.read(preset, path)
 
 
 def _schedule_first(changes: list[tuple[ParamSpec, Any]], steps_now: int) -> list[tuple[ParamSpec, Any]]:

@@ -3,7 +3,7 @@ keeps the README in sync): `python -c "from engine.control.docs import markdown_
 
 from __future__ import annotations
 
-from engine.config.registry import registry
+from engine.config.registry import documented
 from engine.control.coerce import osc_type
 from engine.control.commands import COMMANDS
 from engine.control.messages import STATUS
@@ -17,7 +17,7 @@ def markdown_tables(namespace: str = "/dreamwire") -> str:
         if f"`{route.address}`" not in aliases.setdefault(route.target, []):
             aliases[route.target].append(f"`{route.address}`")
     rows = ["| address | type | allowed | over OSC | also at |", "|---|---|---|---|---|"]
-    for spec in registry().values():
+    for spec in documented():  # a list section's fields once, as /controlnets/<i>/scale
         over_osc = {"live": "live", "rebuild": "with `osc.allow_rebuild_keys`", "at start": "read only"}[spec.when]
         allowed = spec.allowed().replace("|", "\\|")
         rows.append(

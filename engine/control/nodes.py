@@ -11,6 +11,7 @@ from engine.control.commands import COMMANDS
 from engine.control.messages import STATUS, status_args
 from engine.control.routes import parameter_address
 from engine.control.surface import ControlSurface
+from engine.core.errors import DreamwireError
 
 
 def oscquery_nodes(surface: ControlSurface) -> dict[str, dict[str, Any]]:
@@ -18,7 +19,10 @@ def oscquery_nodes(surface: ControlSurface) -> dict[str, dict[str, Any]]:
     out = surface.router.out
     nodes: dict[str, dict[str, Any]] = {}
     for spec in registry().values():
-        value = surface.value(spec.path)
+        try:
+            value = surface.value(spec.path)
+        except DreamwireError:
+            continue  # an entry of a list section (controlnets.3.scale) that the running preset does not have
         node: dict[str, Any] = {
             "TYPE": osc_type(spec, value),
             "ACCESS": 3 if surface.writable(spec) else 1,

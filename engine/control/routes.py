@@ -74,11 +74,15 @@ class Router:
         """The route of an address as received; DreamwireError when there is none."""
         relative = self.relative(address)
         found = self.routes.get(relative)
+        # A StreamDiffusionTD name we do not support shadows our address of the same name sent without the
+        # namespace (its `/controlnets` is not our list): ours is reached with the namespace; `/controlnets/0/scale`
+        # is ours either way.
+        if found is None or (relative == address and unsupported(relative).rstrip("/") == relative):
+            name = unsupported(relative)
+            if name:
+                raise DreamwireError(f"StreamDiffusionTD's {shown(name)} is not supported yet")
         if found is not None:
             return found
-        for name in STREAMDIFFUSIONTD_UNSUPPORTED:
-            if relative == name.rstrip("/") or relative.startswith(name.rstrip("/") + "/"):
-                raise DreamwireError(f"StreamDiffusionTD's {shown(name)} is not supported yet")
         raise DreamwireError("unknown address (the address space: README, or GET / on the OSCQuery port)")
 
     def relative(self, address: str) -> str:
@@ -90,6 +94,14 @@ class Router:
     def out(self, relative: str) -> str:
         """The address sent back for a relative one (with the namespace)."""
         return self.namespace + relative
+
+
+def unsupported(relative: str) -> str:
+    """The StreamDiffusionTD name (not supported yet) that `relative` falls under, or ''."""
+    for name in STREAMDIFFUSIONTD_UNSUPPORTED:
+        if relative == name.rstrip("/") or relative.startswith(name.rstrip("/") + "/"):
+            return name
+    return ""
 
 
 def shown(name: str) -> str:

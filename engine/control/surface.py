@@ -31,6 +31,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from engine.config import paths
 from engine.config.registry import ParamSpec, registry
 from engine.config.schema import OscConfig
 from engine.control.coerce import coerce
@@ -164,10 +165,14 @@ class ControlSurface:
             )
 
     def check_value(self, path: str, value: Any) -> None:
-        if path.startswith("io."):
-            for uri in value if isinstance(value, list) else [value]:
-                if str(uri).strip().lower().startswith("file:"):
-                    raise DreamwireError(f"{path}: file: URIs are refused over the network ({uri!r})")
+        uris: list[Any] = []
+        if path.startswith("io.") or (path.startswith("controlnets.") and path.endswith(".input")):
+            uris = value if isinstance(value, list) else [value]
+        elif path == "controlnets" and isinstance(value, list):  # entries as sent: dicts, not yet validated
+            uris = [entry.get("input") for entry in value if isinstance(entry, dict)]
+        for uri in uris:
+            if str(uri).strip().lower().startswith("file:"):
+                raise DreamwireError(f"{path}: file: URIs are refused over the network ({uri!r})")
         if path == "stream.t_index_list" and value and not self.config.allow_rebuild_keys:  # []: the schema's
             steps = len(self.engine.requested.snapshot().stream.t_index_list)
             if len(value) != steps:
@@ -185,8 +190,7 @@ class ControlSurface:
 
     def value(self, path: str) -> Any:
         """The value in effect (read from another thread: one attribute read, no lock needed)."""
-        section, name = path.split(".")
-        return getattr(getattr(self.engine.preset, section), name)
+        return paths.read(self.engine.preset, path)
 
     # ---- outgoing -----------------------------------------------------------------------------------------
 

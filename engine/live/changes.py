@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from engine.config import paths
 from engine.live.controls import BlendPrompts, BlendSeeds, Control, Pause, Reset, SetValue, spec_of
 from engine.live.events import one_line
 from engine.live.in_effect import InEffect
 from engine.live.io_bridges import IoBridges
 from engine.live.prompts import Prompts
 from engine.live.rebuild import Rebuilds
-from engine.live.targets import NoiseSource, noise_of, set_noise_cut
+from engine.live.targets import MORPHS, NoiseSource, noise_of, set_noise_cut
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Changes:
             "filter": self._set_filter,
             "source": self._set_source,
             "sinks": self._set_sinks,
+            "controlnet": self._set_controlnet,
             "rebuild": rebuilds.request,
         }
 
@@ -103,6 +105,20 @@ class Changes:
         config = now.preset.filter.model_copy()
         setattr(config, control.path.split(".")[1], control.value)
         now.pipeline.set_filter(config, seed=now.preset.prompt.seed)
+        now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_controlnet(self, control: SetValue) -> None:
+        """controlnets.<i>.scale, enabled, start, end, thresholds: written into the running ControlNet in place."""
+        now = self._now
+        if control.path in MORPHS:  # the scale: at once or over the duration, like guidance
+            now.move(control.path, float(control.value), control)
+        else:
+            index = int(paths.parts(control.path)[1])  # type: ignore[arg-type]  # controlnets.<i>.<field>
+            _, entries, _ = paths.assigned(now.preset, control.path, control.value)
+            running = now.pipeline.controlnets.units[index].config  # type: ignore[union-attr]
+            # the scale as it is now (a transition may be moving it), the other fields as requested
+            now.pipeline.set_controlnet(index, entries[index].model_copy(update={"scale": running.scale}))
         now.store(control)
         now.events.applied(control, control.value)
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ValidationError
 
+from engine.config import paths
 from engine.config.presets import describe_validation_error
 from engine.config.registry import ParamSpec, registry
 from engine.config.schema import Preset
@@ -115,34 +116,35 @@ class RequestedValues:
         """Validate `value` for `path` and yield it as coerced; it becomes the requested value when the block
         ends without raising (the block may refuse it, e.g. a URI whose bridge cannot be built)."""
         with self._lock:
-            section, checked = self._checked(path, value)
+            (top, new), checked = self._checked(path, value)
             yield checked
-            # Already validated, as a section: a validated assignment to the preset would run the section's
-            # checks a second time (the preset itself has no check across sections).
-            self._preset.__dict__[path.split(".")[0]] = section
+            # Already validated (the section, or the list with the changed entry): a validated assignment to the
+            # preset would run the checks a second time (the preset itself has no check across sections).
+            self._preset.__dict__[top] = new
             self._latest[path] = request_id
 
-    def _checked(self, path: str, value: Any) -> tuple[Any, Any]:
-        """(the section with the value set, the value as coerced); the requested preset is not touched."""
+    def _checked(self, path: str, value: Any) -> tuple[tuple[str, Any], Any]:
+        """((top-level name, its value with the change), the value as coerced); the requested preset is not
+        touched (engine/config/paths.py)."""
         spec_of(path)
-        section_name, name = path.split(".")
-        section = getattr(self._preset, section_name).model_copy()
         try:
-            setattr(section, name, value)
+            top, new, checked = paths.assigned(self._preset, path, value)
         except ValidationError as error:
-            raise DreamwireError(describe_validation_error(error, prefix=section_name)) from None
-        return section, getattr(section, name)
+            raise DreamwireError(describe_validation_error(error, prefix=paths.prefix(path))) from None
+        return (top, new), checked
 
     def revert(self, path: str, value: Any, request_id: int) -> None:
         """A request that could not be applied (a failed rebuild): its path goes back to `value`, the one in effect,
         unless a newer request has set the path since."""
-        section_name, name = path.split(".")
         with self._lock:
             if self._latest.get(path) != request_id:
                 return
             try:
-                setattr(getattr(self._preset, section_name), name, value)
-            except ValidationError as error:  # the value in effect no longer fits newer requests: keep those
+                paths.store(self._preset, path, value)
+            except (
+                ValidationError,
+                DreamwireError,
+            ) as error:  # the value in effect no longer fits newer requests
                 log.debug("%s: not reverted to %r (%s)", path, value, error)
 
     def snapshot(self) -> Preset:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 
+from engine.config import paths
 from engine.config.schema import Preset
 from engine.live.controls import BlendPrompts, BlendSeeds, Control, SetValue
 from engine.live.events import EventHub, one_line
@@ -39,8 +40,7 @@ class InEffect:
 
     def store(self, control: SetValue) -> None:
         """The value is now in effect."""
-        section, name = control.path.split(".")
-        setattr(getattr(self.preset, section), name, control.value)
+        paths.store(self.preset, control.path, control.value)
 
     def move(self, name: str, target: Value, control: SetValue | BlendPrompts | BlendSeeds) -> None:
         """Apply now (a cut), or start a transition that applies a value every frame until it reaches target."""

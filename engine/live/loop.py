@@ -39,6 +39,7 @@ from engine.core.slot import LatestFrameSlot
 from engine.core.supervisor import default_supervisor
 from engine.live.changes import Changes
 from engine.live.control_queue import ControlQueue
+from engine.live.control_sources import ControlSources
 from engine.live.controls import RequestedValues
 from engine.live.events import EngineEvent, EventHub, Listener, one_line
 from engine.live.in_effect import InEffect
@@ -82,6 +83,7 @@ class LiveEngine:
         self.warmup = WarmupHold()  # live: the last good frame instead of the zero buffer's first outputs
         self.placeholder = Placeholder()  # until the source's first frame: a picture naming why there is none
         self.inputs = InputBatcher(self.io, self.metrics)
+        self.control_sources = ControlSources(self._stream_size, instance)  # external ControlNets' sources
         self.controls.add_waker(self.inputs.wake)
         self.install(self.now.models, self._build(self.now.models, self.now.preset))
         self.prompts = Prompts(self.now)
@@ -306,6 +308,7 @@ class LiveEngine:
     def process(self, frames: list[Frame]) -> list[Frame]:
         """One pipeline step on f input frames → the f frames leaving the pipeline (n − 1 steps later)."""
         image = None if self._txt2img else self.loader(np.stack([frame.image for frame in frames]))
+        self.control_sources.load(self.pipeline)  # the external ControlNets' newest control images
         output = self.pipeline.step(image)
         skipped = self.pipeline.skipped
         host = self.to_host(output)  # (f, H, W, 3): the one host sync of a frame
@@ -334,7 +337,9 @@ class LiveEngine:
     # ---- the pipeline -------------------------------------------------------------------------------------
 
     def _build(self, models: Models, preset: Preset) -> StreamPipeline:
-        return StreamPipeline.prepared(models, preset.stream, preset.prompt, preset.filter)
+        return StreamPipeline.prepared(
+            models, preset.stream, preset.prompt, preset.filter, controlnets=preset.controlnets
+        )
 
     def install(self, models: Models, pipeline: StreamPipeline) -> None:
         """Run `pipeline` (built for `models`) from the next step on."""
@@ -358,6 +363,7 @@ class LiveEngine:
             self.io.swap_sinks([open_sink(uri, self.instance) for uri in io.outputs], io.outputs)
         else:
             self.io.swap_sinks(list(sinks), [sink.name for sink in sinks])
+        self.control_sources.start(self.pipeline)
 
     def _stream_size(self) -> tuple[int, int]:
         """(height, width) of the stream, read by the source thread for every frame (a rebuild may change it)."""
@@ -368,6 +374,7 @@ class LiveEngine:
         """Stop the bridges (files are flushed and closed), the encoder and the rebuild thread."""
         self._stopping.set()
         self.io.close()
+        self.control_sources.close()
         self.prompts.close(ENCODER_STOP_TIMEOUT)
         self.rebuilds.close()
         self.metrics.close()

@@ -25,7 +25,9 @@ from typing import Any
 
 import torch
 
+from engine.config import paths
 from engine.config.schema import Preset
+from engine.core.errors import DreamwireError
 from engine.core.supervisor import SupervisedThread, spawn
 from engine.live.controls import Control, Pause, RequestedValues, SetValue, spec_of
 from engine.live.events import EngineEvent, one_line
@@ -62,7 +64,9 @@ def build_pipeline(
         models = load_models(target.model)
         uncond = models.encode_prompt(prompts["uncond"].value)
         embeddings = (encode_prompt(prompts["cond"], models.encode_prompt), uncond)
-    pipeline = StreamPipeline.prepared(models, target.stream, target.prompt, target.filter, embeddings)
+    pipeline = StreamPipeline.prepared(
+        models, target.stream, target.prompt, target.filter, embeddings, controlnets=target.controlnets
+    )
     return models, pipeline
 
 
@@ -119,8 +123,7 @@ class Rebuilds:
         """Build a pipeline with this change (and those of a rebuild still building) in the background."""
         now, running = self._now, self.running
         target = (running.target if running is not None else now.preset).model_copy(deep=True)
-        section, name = control.path.split(".")
-        setattr(getattr(target, section), name, control.value)  # validated again: a bad value is refused here
+        paths.store(target, control.path, control.value)  # validated again: a bad value is refused here
         target.prompt, target.filter = now.preset.prompt.model_copy(), now.preset.filter.model_copy()
         requests = dict(running.requests) if running is not None else {}
         older = requests.pop(control.path, None)
@@ -151,10 +154,12 @@ class Rebuilds:
             log.debug("rebuild failed", exc_info=error)
             why = f"rebuild failed, keeping the running pipeline: {one_line(error)}"
             for control in rebuild.requests.values():
-                section, name = control.path.split(".")
-                value = getattr(getattr(now.preset, section), name)
-                self._requested.revert(control.path, value, control.request_id)
                 now.events.refused(control, why)
+                try:
+                    value = paths.read(now.preset, control.path)
+                except DreamwireError:  # an entry that is not in effect: the requested list is kept
+                    continue
+                self._requested.revert(control.path, value, control.request_id)
             log.error("%s", why)
             now.events.emit(EngineEvent("error", "rebuild", message=why))
         else:
@@ -182,6 +187,7 @@ class Rebuilds:
         set_noise_cut(now.noise_source, pipeline)
         preset = now.preset.model_copy(deep=True)
         preset.model, preset.stream = rebuild.target.model, rebuild.target.stream
+        preset.controlnets = rebuild.target.controlnets
         if models is not now.models:
             self._prompts.switch_model(models, rebuild.prompts)
         self._install(models, pipeline)

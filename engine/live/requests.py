@@ -39,8 +39,9 @@ class Requests:
         """Change one parameter (dotted path from the registry); raises DreamwireError on a bad value."""
         duration = Duration(seconds, frames)
         spec = spec_of(path)
-        if not duration.is_cut and spec.apply not in MORPHS:
-            movable = ", ".join(p for p, s in registry().items() if s.apply in MORPHS)
+        if not duration.is_cut and spec.apply not in MORPHS and path not in MORPHS:
+            movable = ", ".join(p for p, s in registry().items() if s.apply in MORPHS and not s.item)
+            movable += ", controlnets.<i>.scale"
             raise DreamwireError(f"{path} cannot change over a duration, only at once (these can: {movable})")
         with self._lock:
             request_id = self._next_id
@@ -51,6 +52,8 @@ class Requests:
                     bridges = (open_source(checked, self._instance),)
                 elif spec.apply == "sinks":
                     bridges = tuple(open_sink(uri, self._instance) for uri in checked)
+                for uri in _control_inputs(path, checked):  # an external ControlNet's source: checked the same way
+                    open_source(uri, self._instance)
             return self._queue_locked(SetValue(path, checked, duration, bridges, request_id))
 
     def blend_prompts(
@@ -97,6 +100,15 @@ class Requests:
         self._next_id += 1
         self.queue.put(control)
         return control.request_id
+
+
+def _control_inputs(path: str, value: Any) -> list[str]:
+    """The source URIs of external ControlNets that a change of `path` asks for."""
+    if path == "controlnets":
+        return [entry.input for entry in value if entry.input is not None]
+    if path.startswith("controlnets.") and path.endswith(".input") and value is not None:
+        return [value]
+    return []
 
 
 def _pairs(what: str, items: Sequence[tuple[Any, float]]) -> list[tuple[Any, float]]:

@@ -1,8 +1,9 @@
 """What a live change moves in the pipeline, and what the embeddings and the noise are made of.
 
 MORPHS names the pipeline values that a change can move over a duration: the prompt's embeddings (cond, uncond),
-guidance, delta and the fixed noise. Their names are the schema's `apply` names of the parameters that drive them,
-so the registry says which parameters can transition. Each says how to read and set its value on a pipeline and how
+guidance, delta and the fixed noise, and each ControlNet's scale. Their names are the schema's `apply` names of the
+parameters that drive them (a ControlNet's scale: its registry path, `controlnets.0.scale`), so the registry says
+which parameters can transition. Each says how to read and set its value on a pipeline and how
 to interpolate it.
 
 The embeddings and the noise also depend on the control that made them: a prompt text or a prompt blend, a seed or
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.config.schema import MAX_CONTROLNETS
 from engine.live.blending import blend_embeddings, blend_noise, slerp
 from engine.live.controls import BlendPrompts, BlendSeeds, SetValue
 from engine.live.transitions import Interp, Value, lerp
@@ -47,6 +49,19 @@ MORPHS: dict[str, Morph] = {
     "delta": Morph(lambda p: p.delta, lambda p, v: p.set_guidance(p.guidance, float(v)), lerp),
     "noise": Morph(lambda p: p.noise.clone(), lambda p, v: p.set_noise(v), _slerp_noise),
 }
+
+
+def _controlnet_scale(index: int) -> Morph:
+    """ControlNet `index`'s scale (engine/pipeline/controlnet.py): written into its per-row scales in place."""
+    return Morph(
+        lambda p: p.controlnets.units[index].config.scale if p.controlnets is not None else 0.0,
+        lambda p, v: p.set_controlnet_scale(index, float(v)),
+        lerp,
+    )
+
+
+# A ControlNet's scale moves like guidance; named by its registry path (one transition per entry).
+MORPHS.update({f"controlnets.{index}.scale": _controlnet_scale(index) for index in range(MAX_CONTROLNETS)})
 
 PromptSource = SetValue | BlendPrompts  # prompt.text / prompt.negative, or prompt.blend
 NoiseSource = SetValue | BlendSeeds  # prompt.seed, or seed.blend

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +35,9 @@ class Models:
     device: torch.device
     dtype: torch.dtype
     config: ModelConfig | None = None  # what was loaded (the TensorRT engine key reads it)
+    # Models loaded along with these (ControlNets, depth models: engine/pipeline/controlnet.py), by (kind, id):
+    # a rebuild on the same models reuses them.
+    loaded: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     @torch.no_grad()
     def encode_prompt(self, text: str) -> torch.Tensor:
@@ -82,7 +85,7 @@ def _missing_model(model_id: str, what: str, reason: str) -> DreamwireError:
     )
 
 
-def _from_pretrained(cls: Any, model_id: str, what: str, **kwargs: Any) -> Any:
+def from_pretrained(cls: Any, model_id: str, what: str, **kwargs: Any) -> Any:
     """Load from a folder, else from the local cache, else from the hub; errors become one paragraph."""
     if _looks_like_path(model_id):
         folder = Path(model_id).expanduser()
@@ -123,9 +126,9 @@ def _load_vae(vae_id: str, dtype: torch.dtype) -> torch.nn.Module:
         from engine.pipeline.tiny import build_taesd
 
         return _cast(build_taesd(), dtype)
-    config = _from_pretrained(_ConfigOnly(AutoencoderTiny), vae_id, "VAE")
+    config = from_pretrained(_ConfigOnly(AutoencoderTiny), vae_id, "VAE")
     cls = AutoencoderKL if config.get("_class_name") == "AutoencoderKL" else AutoencoderTiny
-    return _from_pretrained(cls, vae_id, "VAE", torch_dtype=dtype)
+    return from_pretrained(cls, vae_id, "VAE", torch_dtype=dtype)
 
 
 def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -157,14 +160,14 @@ def load_models(config: ModelConfig) -> Models:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         models = Models(
-            unet=_from_pretrained(UNet2DConditionModel, config.id, "model", subfolder="unet", torch_dtype=dtype),
-            vae=_from_pretrained(AutoencoderKL, config.id, "model", subfolder="vae", torch_dtype=dtype),
-            text_encoder=_from_pretrained(
+            unet=from_pretrained(UNet2DConditionModel, config.id, "model", subfolder="unet", torch_dtype=dtype),
+            vae=from_pretrained(AutoencoderKL, config.id, "model", subfolder="vae", torch_dtype=dtype),
+            text_encoder=from_pretrained(
                 CLIPTextModel, config.id, "model", subfolder="text_encoder", torch_dtype=dtype
             ),
-            tokenizer=_from_pretrained(CLIPTokenizer, config.id, "model", subfolder="tokenizer"),
+            tokenizer=from_pretrained(CLIPTokenizer, config.id, "model", subfolder="tokenizer"),
             scheduler_config=dict(
-                _from_pretrained(_ConfigOnly(LCMScheduler), config.id, "model", subfolder="scheduler")
+                from_pretrained(_ConfigOnly(LCMScheduler), config.id, "model", subfolder="scheduler")
             ),
             device=device,
             dtype=dtype,

@@ -17,17 +17,18 @@ graph stays valid; only a change of CFG strategy (guidance crossing 1) invalidat
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 
 import torch
 
 from engine.backends.select import make_step_runner, select_backends
-from engine.config.schema import FilterConfig, PromptConfig, StreamConfig, check_t_index_list
+from engine.config.schema import ControlNetConfig, FilterConfig, PromptConfig, StreamConfig, check_t_index_list
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy, GuidanceScalars, guided_unet_rows, select_cfg
 from engine.pipeline.codec import KLCodec, make_codec
+from engine.pipeline.controlnet import ControlledUNet, ControlNets, check_stream, load_controlnets
 from engine.pipeline.image import FrameLoader, HostFrames
 from engine.pipeline.models import Models
 from engine.pipeline.schedule import SlotTables, build_slot_tables, slot_rows
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 class StreamPipeline:
-    def __init__(self, models: Models, stream: StreamConfig) -> None:
+    def __init__(self, models: Models, stream: StreamConfig, controlnets: Sequence[ControlNetConfig] = ()) -> None:
         self.models = models
         self.config = stream.model_copy(deep=True)  # its own copy: later preset edits don't reach it
         self.device, self.dtype = models.device, models.dtype
@@ -47,6 +48,7 @@ class StreamPipeline:
         for name, size in (("width", stream.width), ("height", stream.height)):
             if size % s:
                 raise DreamwireError(f"stream.{name} {size} is not a multiple of the VAE factor {s}")
+        check_stream(stream, controlnets)
         self.frames = stream.frame_buffer_size  # f
         self.slots = len(stream.t_index_list)  # n
         self.latent_shape = (codec.latent_channels, stream.height // s, stream.width // s)  # (C, h, w)
@@ -70,6 +72,13 @@ class StreamPipeline:
             self.dtype,
         )
         self.unet, self.codec, self.acceleration = backends.unet, backends.vae, backends.name
+        # ControlNets (engine/pipeline/controlnet.py): the UNet backend with their residuals added, and step 2a.
+        self.controlnets = self._build_controlnets(stream, list(controlnets))
+        self._prepare_control: Callable[[torch.Tensor | None], None] = _nothing
+        self._layout_control: Callable[[CfgStrategy], None] = _nothing
+        if self.controlnets is not None:
+            self.unet = ControlledUNet(self.unet, self.controlnets)
+            self._prepare_control, self._layout_control = self.controlnets.prepare, self.controlnets.layout
         self._denoise: Callable[[], torch.Tensor] = (
             self._denoise_batch if stream.use_denoising_batch else self._denoise_sequential
         )
@@ -96,6 +105,25 @@ class StreamPipeline:
         self.last_output: torch.Tensor | None = None
         self.skipped = False  # whether the last step() was skipped by the similarity filter
 
+    def _build_controlnets(self, stream: StreamConfig, configs: list[ControlNetConfig]) -> ControlNets | None:
+        if not configs:
+            return None
+        models = self.models
+        model_id = models.config.id if models.config is not None else "tiny"
+        nets, depth = load_controlnets(configs, models.unet, model_id, models.loaded, self.device, self.dtype)
+        return ControlNets(
+            configs,
+            nets,
+            depth,
+            slots=self.slots,
+            frames=self.frames,
+            sequential=not stream.use_denoising_batch,
+            height=stream.height,
+            width=stream.width,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
     @classmethod
     def prepared(
         cls,
@@ -104,9 +132,10 @@ class StreamPipeline:
         prompt: PromptConfig,
         filter_config: FilterConfig,
         embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        controlnets: Sequence[ControlNetConfig] = (),
     ) -> StreamPipeline:
         """A pipeline for these settings, prepared and ready for step() (embeddings: see prepare())."""
-        pipeline = cls(models, stream)
+        pipeline = cls(models, stream, controlnets)
         pipeline.prepare(prompt, filter_config, embeddings)
         pipeline.warm_up()
         return pipeline
@@ -236,6 +265,7 @@ class StreamPipeline:
             return
         self.cfg = cfg
         self._update_residual: Callable[..., None] = self._residual_update if cfg.residual else _nothing
+        self._layout_control(cfg)  # the ControlNets' per-row scales follow the strategy's UNet rows
         self._run.invalidate()
         self.set_embeddings(self.cond, self.uncond)
 
@@ -248,6 +278,24 @@ class StreamPipeline:
         else:  # a new layout (new strategy): the step is captured again
             self.embeddings = embeddings
             self._run.invalidate()
+
+    def set_controlnet(self, index: int, config: ControlNetConfig) -> None:
+        """Live: ControlNet `index`'s scale, enabled, start, end and preprocessor parameters, written in place;
+        only a change of which nets run (a scale to or from 0, enabled, no slot selected) re-captures."""
+        if self.controlnets is None or not 0 <= index < len(self.controlnets.units):
+            raise DreamwireError(f"controlnets.{index}: this pipeline has no such ControlNet")
+        if self.controlnets.set(index, config):
+            self._run.invalidate()
+
+    def set_controlnet_scale(self, index: int, scale: float) -> None:
+        """Live: only ControlNet `index`'s scale (a cut, or a transition's step)."""
+        if self.controlnets is None or not 0 <= index < len(self.controlnets.units):
+            raise DreamwireError(f"controlnets.{index}: this pipeline has no such ControlNet")
+        self.set_controlnet(index, self.controlnets.units[index].config.model_copy(update={"scale": scale}))
+
+    def set_control_frame(self, index: int, image: torch.Tensor) -> None:
+        """The newest frame of ControlNet `index`'s external source [f, 3, H, W] in [−1, 1], before a step."""
+        self.controlnets.set_external(index, image)  # type: ignore[union-attr]
 
     def set_filter(self, config: FilterConfig, seed: int = 0) -> None:
         self.filter = SimilarityFilter(config.threshold, config.max_skip_frames, seed) if config.enabled else NoFilter()
@@ -272,8 +320,10 @@ class StreamPipeline:
         return self.last_output
 
     def _model_step(self, image: torch.Tensor | None) -> torch.Tensor:
-        # 2. Encode the new frames into x_t[:f], noised to the first timestep.
+        # 2. Encode the new frames into x_t[:f], noised to the first timestep; (2a) the ControlNets' control
+        # images from the same frames, one per UNet row (their residuals join every UNet call in 4).
         self._encode_input(image)
+        self._prepare_control(image)
         # 3 to 7. Denoise every slot: noise shift, UNet + CFG, LCM step, residual, re-noise into the buffer.
         x0_out = self._denoise()
         # 8. Decode the output latent: the frames that finished their last step (n − 1 frames of latency).
