@@ -39,7 +39,7 @@ from engine.core.slot import LatestFrameSlot
 from engine.core.supervisor import default_supervisor
 from engine.live.changes import Changes
 from engine.live.control_queue import ControlQueue
-from engine.live.controls import RequestedValues
+from engine.live.controls import RequestedValues, SetValue
 from engine.live.events import EventHub, Listener
 from engine.live.in_effect import InEffect
 from engine.live.inputs import InputBatcher
@@ -51,6 +51,7 @@ from engine.live.prompt_encoder import PromptEncoder
 from engine.live.prompts import Prompts
 from engine.live.rebuild import Rebuilds
 from engine.live.requests import Requests
+from engine.live.tempo import Tempo
 from engine.live.timing import TimedBackend
 from engine.live.transitions import TransitionSet
 from engine.live.warmup import WarmupHold, warmup_steps
@@ -69,7 +70,8 @@ class LiveEngine:
     def __init__(self, preset: Preset, models: Models | None = None, instance: Instance = DEFAULT_INSTANCE) -> None:
         self.instance = instance  # default sender names and preview port of bridges (engine/core/instance.py)
         self.controls = ControlQueue()
-        self._requests = Requests(preset, instance, self.controls)
+        self.tempo = Tempo(preset.tempo)  # the beat clock, quantised changes and LFOs (engine/live/tempo.py)
+        self._requests = Requests(preset, instance, self.controls, self.tempo)
         self.metrics = EngineMetrics()
         self.events = EventHub()  # applied changes and errors, for OSC feedback
         self._frame_listeners: tuple[FrameListener, ...] = ()
@@ -85,6 +87,7 @@ class LiveEngine:
         self.prompts = Prompts(self.now)
         self.rebuilds = Rebuilds(self.now, self.requested, self.prompts, self.install)
         self.changes = Changes(self.now, self.prompts, self.rebuilds, self.io, self.forget_captures)
+        self.changes.handlers["tempo"] = self._set_tempo
         self._status_shown = 0.0
         self.status_sources: list[Callable[[], dict[str, Any]]] = []  # more numbers for status(): the OSC counters
 
@@ -115,9 +118,13 @@ class LiveEngine:
     # ---- other threads: send changes (engine/live/requests.py) ---------------------------------------------
     # Each returns the request id that the change's EngineEvent will carry.
 
-    def set(self, path: str, value: Any, seconds: float | None = None, frames: int | None = None) -> int:
-        """Change one parameter (dotted path from the registry); raises DreamwireError on a bad value."""
-        return self._requests.set(path, value, seconds, frames)
+    # A duration is seconds, frames, beats or bars (engine/live/tempo.py); quantize ("beat", "bar", "2bars",
+    # "4bars"; None: tempo.quantize) holds the change until that moment minus tempo.latency_ms.
+
+    def set(self, path: str, value: Any, seconds: float | None = None, frames: int | None = None, **timing: Any) -> int:
+        """Change one parameter (dotted path from the registry); raises DreamwireError on a bad value.
+        timing: beats=, bars=, quantize=."""
+        return self._requests.set(path, value, seconds, frames, **timing)
 
     def blend_prompts(
         self,
@@ -125,15 +132,16 @@ class LiveEngine:
         method: Literal["linear", "slerp"] = "slerp",
         seconds: float | None = None,
         frames: int | None = None,
+        **timing: Any,
     ) -> int:
         """Blend the embeddings of several prompts by weight (normalised), at once or over a duration."""
-        return self._requests.blend_prompts(items, method, seconds, frames)
+        return self._requests.blend_prompts(items, method, seconds, frames, **timing)
 
     def blend_seeds(
-        self, items: Sequence[tuple[int, float]], seconds: float | None = None, frames: int | None = None
+        self, items: Sequence[tuple[int, float]], seconds: float | None = None, frames: int | None = None, **timing: Any
     ) -> int:
         """Blend the fixed noise of several seeds by weight (slerp), at once or over a duration."""
-        return self._requests.blend_seeds(items, seconds, frames)
+        return self._requests.blend_seeds(items, seconds, frames, **timing)
 
     def pause(self, paused: bool = True) -> int:
         return self._requests.pause(paused)
@@ -164,7 +172,14 @@ class LiveEngine:
         (engine/core/supervisor.py) and the engine's state, for the OSC bridge and the CLI."""
         extra = {key: value for source in self.status_sources for key, value in source().items()}
         threads = default_supervisor().snapshot()
-        return {**self.metrics.snapshot(), **threads, "paused": self.paused, "rebuilding": self.rebuilding, **extra}
+        return {
+            **self.metrics.snapshot(),
+            **threads,
+            **self.tempo.status(),
+            "paused": self.paused,
+            "rebuilding": self.rebuilding,
+            **extra,
+        }
 
     @property
     def rebuilding(self) -> bool:
@@ -173,7 +188,13 @@ class LiveEngine:
     @property
     def busy(self) -> bool:
         """Something is still to happen without a new request: queued, encoding, rebuilding or moving."""
-        return not self.controls.empty() or self.prompts.encoding() or self.rebuilding or len(self.transitions) > 0
+        return (
+            not self.controls.empty()
+            or self.prompts.encoding()
+            or self.rebuilding
+            or len(self.transitions) > 0
+            or len(self.tempo.quantiser) > 0
+        )
 
     # ---- the parts, for tools and tests -----------------------------------------------------------------------
 
@@ -219,11 +240,15 @@ class LiveEngine:
         self.inputs.woken()
         self.rebuilds.poll()
         self._report_superseded()
+        for control in self.tempo.quantiser.due():  # quantised changes whose beat (minus the lookahead) has come
+            self.changes.apply_guarded(control)
         deadline = time.perf_counter() + DRAIN_BUDGET
         for _ in range(MAX_CONTROLS_PER_DRAIN):
             control = self.controls.take(self.rebuilds.waits)
             if control is None:
                 break
+            if self.tempo.quantiser.hold(control):
+                continue
             self.changes.apply_guarded(control)
             if time.perf_counter() > deadline:
                 self.inputs.wake()  # more may be queued: the next step takes only a frame that is already there
@@ -233,6 +258,13 @@ class LiveEngine:
         self._report_superseded()
         self.prompts.poll()
         self.now.advance_transitions()
+        self.tempo.modulators.apply(self.pipeline, self.preset)  # LFOs: straight in, no queue
+
+    def _set_tempo(self, control: SetValue) -> None:
+        """tempo.*: into the beat clock (engine/live/tempo.py)."""
+        self.tempo.apply(control.path, control.value)
+        self.now.store(control)
+        self.events.applied(control, control.value)
 
     def _report_superseded(self) -> None:
         for control, newer in self.controls.take_superseded():
