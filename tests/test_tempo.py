@@ -13,6 +13,7 @@ from test_osc import NS, rig  # noqa: F401
 from engine.core.errors import DreamwireError
 from engine.live.beat_clock import BeatClock, TapTempo
 from engine.live.loop import LiveEngine
+from engine.live.metrics import status_line
 from engine.live.modulators import Lfo, check_lfo, hold_random, modulated, wave
 
 FRAME = 1 / 30  # s: the fake engine's frame period
@@ -258,3 +259,12 @@ def test_tap_tempo_over_osc_sets_the_bpm(rig):
     r.apply()
     assert r.engine.preset.tempo.bpm == pytest.approx(150.0)
     assert clock.bpm == pytest.approx(150.0)
+
+
+def test_the_status_line_shows_the_tempo_bar_and_beat(engine):
+    live = engine()
+    now = fake_clock(live)
+    now.t += 2.75  # beat 5.5: bar 2, its beat 2
+    assert status_line(live.metrics.snapshot()).endswith("| 120.0 bpm 2.2")
+    live.tempo.clock.peers = 3
+    assert status_line(live.status()).endswith("| 120.0 bpm 2.2 3 peers")

@@ -133,7 +133,7 @@ class MidiTransport:
         self.poll_s = poll_s
         # The map and the states: the callback thread, learn() and the outlet (re-entered: a reply is echoed).
         self._lock = threading.RLock()
-        self._states: dict[int, _State] = {}
+        self._states: dict[tuple[Any, ...], _State] = {}  # by control and address
         self._learning: str | None = None
         self._input: Port | None = None
         self._input_name: str | None = None
@@ -249,10 +249,11 @@ class MidiTransport:
             self._drive(mapping, x, pressed)
 
     def _state(self, mapping: Mapping) -> _State:
-        state = self._states.get(id(mapping))
+        key = (*mapping.key(), mapping.address)
+        state = self._states.get(key)
         if state is None:
             route = self.surface.router.route(mapping.address)
-            state = self._states[id(mapping)] = _State(None if route.command else route.target)
+            state = self._states[key] = _State(None if route.command else route.target)
         return state
 
     def _drive(self, mapping: Mapping, x: float, pressed: bool) -> None:

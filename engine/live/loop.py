@@ -79,6 +79,7 @@ class LiveEngine:
         self._stopping = threading.Event()  # set by stop() from any thread (a signal handler too)
         self.io = IoBridges(self._stream_size, self._stopping, self.metrics.on_input_frame)
         self.metrics.set_source_state(self.io.source_state)
+        self.metrics.set_tempo(self.tempo.status)  # bpm, beat and peers in the status line
         self.warmup = WarmupHold()  # live: the last good frame instead of the zero buffer's first outputs
         self.placeholder = Placeholder()  # until the source's first frame: a picture naming why there is none
         self.inputs = InputBatcher(self.io, self.metrics)
@@ -364,6 +365,8 @@ class LiveEngine:
     def close(self) -> None:
         """Stop the bridges (files are flushed and closed), the encoder and the rebuild thread."""
         self._stopping.set()
+        for control in self.tempo.quantiser.release_all():  # every request ends in one event
+            self.events.superseded(control, "the engine stopped before its beat")
         self.io.close()
         self.prompts.close()
         self.rebuilds.close()

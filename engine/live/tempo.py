@@ -88,6 +88,7 @@ class Tempo:
             "bpm": clock.bpm,
             "beat": clock.beat_at(),
             "peers": clock.peers,
+            "quantum": clock.quantum,
             "tempo_source": self.config.source,
             "quantised_held": len(self.quantiser),
             "modulators": len(self.modulators.running),
