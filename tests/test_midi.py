@@ -341,3 +341,18 @@ def test_real_virtual_ports_carry_a_cc_to_the_engine(rig, tmp_path):
         midi.close()
     finally:
         out.close()
+
+
+def test_the_readme_nanokontrol2_example_loads_and_every_mapping_can_work(rig, tmp_path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- midi-map-example -->\n```yaml\n", 1)[1].split("```", 1)[0]
+    file = tmp_path / "nanokontrol2.yaml"
+    file.write_text(block, encoding="utf-8")
+    r = rig()
+    config = r.engine.preset.midi.model_copy(update={"input": "nanoKONTROL2"})
+    midi = MidiTransport(r.surface.surface, config, str(file), backend=FakeBackend())  # checks every mapping
+    assert len(midi.map.controls) == 9
+    midi.on_message(cc(42, 127))  # stop: /reset
+    midi.on_message(cc(60, 127))  # marker set: the first prompt
+    r.apply()
+    assert r.engine.preset.prompt.text == "a forest at dawn"
