@@ -210,6 +210,25 @@ def test_a_bad_lfo_is_one_line_naming_the_value(args, message):
         check_lfo(*args)
 
 
+def test_layered_lfos_on_one_parameter_add_up_before_the_clamp_and_a_layer_is_removed_alone(engine):
+    live = engine()
+    now = fake_clock(live)
+    mods = live.tempo.modulators
+    mods.set(check_lfo("prompt.delta", "square", 1.0, "beats", 0.5))
+    mods.set(check_lfo("prompt.delta", "saw", 1.0, "bars", 1.0, layer=3))
+    now.t = live.tempo.clock.time_of(2.0)  # square +1 (phase 0), saw at half a bar: 0
+    live.apply_pending_controls()
+    assert live.pipeline.delta == pytest.approx(1.0 + 0.5 + 0.0)
+    now.t = live.tempo.clock.time_of(3.5)  # square -1, saw 2·(3.5/4) − 1 = 0.75
+    live.apply_pending_controls()
+    assert live.pipeline.delta == pytest.approx(1.0 - 0.5 + 0.75)
+    assert len(mods) == 2 and mods.remove("prompt.delta", layer=3) and len(mods) == 1
+    live.apply_pending_controls()
+    assert live.pipeline.delta == pytest.approx(0.5)
+    with pytest.raises(DreamwireError, match=r"layer 8 is not a whole number in \[0, 7\]"):
+        check_lfo("prompt.delta", "sine", 1.0, "beats", 0.5, layer=8)
+
+
 def test_a_removed_lfo_puts_the_value_in_effect_back(engine):
     live = engine()
     now = fake_clock(live)
@@ -237,7 +256,7 @@ def test_tempo_lfo_and_beat_transitions_over_osc_and_the_status_addresses(rig):
     r.apply()
     clock = r.engine.tempo.clock
     assert clock.bpm == 128.0 and 7.0 <= clock.beat_at() < 9.0
-    assert r.engine.tempo.modulators.running["prompt.guidance"].shape == "triangle"
+    assert r.engine.tempo.modulators.running["prompt.guidance"][0].shape == "triangle"
     assert r.surface.surface.transition.kwargs() == {"seconds": None, "frames": None, "bars": 2.0}
     status = {address: args for address, args in r.surface.surface.status_messages()}
     assert status[f"{NS}/status/bpm"] == [128.0] and status[f"{NS}/status/peers"] == [0]

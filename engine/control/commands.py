@@ -324,13 +324,21 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "lfo",
         "/lfo",
-        "s s f s f [f]",
+        "s s f s f [f [i]]",
         "An LFO: address, shape (sine, triangle, saw, square, random), rate, unit (beats, bars: the period; hz), "
-        "depth in the parameter's units [, phase 0-1]; replaces that parameter's LFO.",
+        "depth in the parameter's units [, phase 0-1 [, layer 0-7: LFOs on one parameter add up]]; replaces the "
+        "LFO on that address and layer.",
         lfo,
         "ssfsf",
     ),
-    Command("lfo_remove", "/lfo/remove", "s", "Remove an address's LFO (back to its value).", lfo_remove, "s"),
+    Command(
+        "lfo_remove",
+        "/lfo/remove",
+        "s [i]",
+        "Remove an address's LFOs, or one layer's (back to its value).",
+        lfo_remove,
+        "s",
+    ),
     Command("lfo_clear", "/lfo/clear", "", "Remove every LFO.", lfo_clear),
     Command(
         "midi_learn",

@@ -64,22 +64,24 @@ def target_path(surface: Surface, address: Any) -> str:
 
 
 def lfo(surface: Surface, args: Sequence[Any]) -> None:
-    """/lfo s <address> s <shape> f <rate> s <unit> f <depth> [f <phase>]"""
-    form = "s address, s shape, f rate, s unit (beats, bars, hz), f depth [, f phase]"
-    _count(args, 5, 6, form)
+    """/lfo s <address> s <shape> f <rate> s <unit> f <depth> [f <phase> [i <layer>]]"""
+    form = "s address, s shape, f rate, s unit (beats, bars, hz), f depth [, f phase [, i layer]]"
+    _count(args, 5, 7, form)
     path = target_path(surface, args[0])
     shape, unit = join_text([args[1]]), join_text([args[3]])
     rate, depth = scalar("float", args[2]), scalar("float", args[4])
-    phase = scalar("float", args[5]) if len(args) == 6 else 0.0
-    surface.engine.tempo.modulators.set(check_lfo(path, shape, rate, unit, depth, phase))
-    surface.reply("/lfo", "/" + path.replace(".", "/"), shape, rate, unit, depth, phase)
+    phase = scalar("float", args[5]) if len(args) >= 6 else 0.0
+    layer = scalar("int", args[6]) if len(args) == 7 else 0
+    surface.engine.tempo.modulators.set(check_lfo(path, shape, rate, unit, depth, phase, layer))
+    surface.reply("/lfo", "/" + path.replace(".", "/"), shape, rate, unit, depth, phase, layer)
 
 
 def lfo_remove(surface: Surface, args: Sequence[Any]) -> None:
-    _count(args, 1, 1, "s address")
+    _count(args, 1, 2, "s address [, i layer]")
     path = target_path(surface, args[0])
-    if not surface.engine.tempo.modulators.remove(path):
-        raise DreamwireError(f"{path} has no LFO")
+    layer = scalar("int", args[1]) if len(args) == 2 else None
+    if not surface.engine.tempo.modulators.remove(path, layer):
+        raise DreamwireError(f"{path} has no LFO" + ("" if layer is None else f" on layer {layer}"))
 
 
 def lfo_clear(surface: Surface, args: Sequence[Any]) -> None:

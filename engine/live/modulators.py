@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -30,6 +30,7 @@ UNITS: tuple[str, ...] = get_args(Unit)
 # Rate ranges: a period of 1/4 beat to 16 bars, or a frequency in Hz.
 RATE_RANGES: dict[str, tuple[float, float]] = {"beats": (0.25, 64.0), "bars": (0.0625, 16.0), "hz": (0.001, 30.0)}
 MAX_MODULATORS = 32
+LAYERS = 8  # LFOs per parameter (layer 0-7), their swings added before the clamp
 
 
 def wave(shape: str, phase: float, cycle: int = 0) -> float:
@@ -59,6 +60,7 @@ class Lfo:
     unit: str
     depth: float  # in the parameter's units: the value swings base ± depth
     phase: float = 0.0  # offset in cycles, [0, 1)
+    layer: int = 0  # several LFOs on one parameter: one per layer, added up
 
     def cycles(self, beat: float, seconds: float, quantum: int) -> float:
         """Cycles since beat 0 (beats, bars) or since time 0 (hz)."""
@@ -74,7 +76,7 @@ class Lfo:
         return self.depth * wave(self.shape, cycles - whole, int(whole))
 
 
-def check_lfo(path: str, shape: str, rate: float, unit: str, depth: float, phase: float = 0.0) -> Lfo:
+def check_lfo(path: str, shape: str, rate: float, unit: str, depth: float, phase: float = 0.0, layer: int = 0) -> Lfo:
     """An Lfo, or one DreamwireError naming the bad value."""
     spec = modulatable().get(path)
     if spec is None:
@@ -91,7 +93,9 @@ def check_lfo(path: str, shape: str, rate: float, unit: str, depth: float, phase
         raise DreamwireError(f"LFO depth {depth!r} for {path} is not in [0, {span:g}] (the parameter's range)")
     if not _number(phase) or not 0.0 <= phase < 1.0:
         raise DreamwireError(f"LFO phase {phase!r} is not in [0, 1)")
-    return Lfo(path, shape, float(rate), unit, float(depth), float(phase))
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < LAYERS:
+        raise DreamwireError(f"LFO layer {layer!r} is not a whole number in [0, {LAYERS - 1}]")
+    return Lfo(path, shape, float(rate), unit, float(depth), float(phase), layer)
 
 
 def _number(value: Any) -> bool:
@@ -123,36 +127,51 @@ def modulatable() -> dict[str, ParamSpec]:
     }
 
 
-def modulated(lfo: Lfo, base: float, beat: float, seconds: float, quantum: int) -> float:
-    """The LFO's value for a base value: clamped to the parameter's range, rounded for an int parameter."""
-    spec = registry()[lfo.path]
-    value = min(max(base + lfo.offset(beat, seconds, quantum), spec.minimum or 0.0), spec.maximum or 0.0)
+def modulated(lfos: Lfo | Sequence[Lfo], base: float, beat: float, seconds: float, quantum: int) -> float:
+    """A parameter's value under its LFOs (one, or the layers of one parameter, their swings added): clamped to the
+    parameter's range, rounded for an int parameter."""
+    layered = (lfos,) if isinstance(lfos, Lfo) else lfos
+    spec = registry()[layered[0].path]
+    value = base
+    for lfo in layered:
+        value += lfo.offset(beat, seconds, quantum)
+    value = min(max(value, spec.minimum or 0.0), spec.maximum or 0.0)
     return float(round(value)) if spec.kind == "int" else value
 
 
 class Modulators:
-    """The running LFOs, one per parameter; see the module docstring."""
+    """The running LFOs, by parameter (up to LAYERS each); see the module docstring."""
 
     def __init__(self, clock: BeatClock) -> None:
         self.clock = clock
-        self._lfos: dict[str, Lfo] = {}  # replaced whole on every change: the engine thread reads it without a lock
+        # path -> its LFOs by layer; replaced whole on every change: the engine thread reads it without a lock
+        self._lfos: dict[str, tuple[Lfo, ...]] = {}
         self._removed: tuple[str, ...] = ()  # parameters back to their base on the next frame
         self._last: dict[str, float] = {}  # engine thread: the value last set (an int parameter is set on change)
         self._lock = threading.Lock()
 
     def set(self, lfo: Lfo) -> None:
+        """Start an LFO, or replace the one on the same parameter and layer."""
         with self._lock:
-            if lfo.path not in self._lfos and len(self._lfos) >= MAX_MODULATORS:
+            others = tuple(item for item in self._lfos.get(lfo.path, ()) if item.layer != lfo.layer)
+            if len(others) == len(self._lfos.get(lfo.path, ())) and len(self) >= MAX_MODULATORS:
                 raise DreamwireError(f"LFO on {lfo.path}: at most {MAX_MODULATORS} LFOs run at once")
-            self._lfos = {**self._lfos, lfo.path: lfo}
+            layered = tuple(sorted((*others, lfo), key=lambda item: item.layer))
+            self._lfos = {**self._lfos, lfo.path: layered}
 
-    def remove(self, path: str) -> bool:
-        """False when `path` had no LFO."""
+    def remove(self, path: str, layer: int | None = None) -> bool:
+        """Remove a parameter's LFOs (or one layer's); False when there was none."""
         with self._lock:
-            if path not in self._lfos:
+            running = self._lfos.get(path, ())
+            left = () if layer is None else tuple(item for item in running if item.layer != layer)
+            if len(left) == len(running):
                 return False
-            self._lfos = {key: lfo for key, lfo in self._lfos.items() if key != path}
-            self._removed = (*self._removed, path)
+            lfos = {key: value for key, value in self._lfos.items() if key != path}
+            if left:
+                lfos[path] = left
+            else:
+                self._removed = (*self._removed, path)
+            self._lfos = lfos
             return True
 
     def clear(self) -> None:
@@ -161,8 +180,11 @@ class Modulators:
             self._lfos = {}
 
     @property
-    def running(self) -> dict[str, Lfo]:
+    def running(self) -> dict[str, tuple[Lfo, ...]]:
         return self._lfos
+
+    def __len__(self) -> int:
+        return sum(len(layered) for layered in self._lfos.values())
 
     def apply(self, pipeline: StreamPipeline, preset: Any) -> None:
         """Engine thread, once per frame boundary: every LFO's value into the pipeline; a removed one's base."""
@@ -178,9 +200,9 @@ class Modulators:
             return
         seconds = self.clock.now()
         beat, quantum = self.clock.beat_at(seconds), self.clock.quantum
-        for path, lfo in lfos.items():
+        for path, layered in lfos.items():
             spec = registry()[path]
-            self._put(pipeline, spec, modulated(lfo, _base(preset, path), beat, seconds, quantum), preset)
+            self._put(pipeline, spec, modulated(layered, _base(preset, path), beat, seconds, quantum), preset)
 
     def _put(self, pipeline: StreamPipeline, spec: ParamSpec, value: float, preset: Any) -> None:
         if spec.kind == "int" and self._last.get(spec.path) == value:

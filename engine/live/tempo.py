@@ -91,5 +91,5 @@ class Tempo:
             "quantum": clock.quantum,
             "tempo_source": self.config.source,
             "quantised_held": len(self.quantiser),
-            "modulators": len(self.modulators.running),
+            "modulators": len(self.modulators),
         }
