@@ -300,6 +300,9 @@ def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
         "bridges": bridge_costs(frames=max(100, 8 * args.frames)),
     }
     report["osc"] = osc_benchmarks(models, preset)
+    from engine.bench.tempo import tempo_benchmarks
+
+    report["tempo"] = tempo_benchmarks(models, preset, changes=max(4, args.frames), frames=max(8, 4 * args.frames))
     if args.soak:
         report["soak"] = memory_soak(models, preset, args.soak)
     if args.reference_python:
@@ -324,6 +327,10 @@ def format_report(results: list[Measurement], report: dict[str, Any]) -> str:
         from engine.commands.bench_osc import format_osc
 
         lines.append(format_osc(report["osc"]))
+    if "tempo" in report:
+        from engine.bench.tempo import format_tempo
+
+        lines.append(format_tempo(report["tempo"]))
     if "soak" in report:
         soak = report["soak"]
         lines.append(
