@@ -3,7 +3,8 @@
 A seeded generator sends CONTROLS controls per seed (SEEDS), valid and invalid ones, at random moments (bursts
 and short pauses) while the engine runs on its own thread with a slow, sometimes failing prompt encoder: values
 with and without transitions (seconds and frames), prompt and seed blends, seed changes, schedule and filter
-changes, pause, reset, and rebuilds (size, cfg type, frame buffer, Stream Batch, an unknown model). Then:
+changes, pause, reset, rebuilds (size, cfg type, frame buffer, Stream Batch, an unknown model), and bursts of one
+key (a fader, a text field: coalesced by the engine, the older ones superseded). Then:
 
 - the engine thread never died, and every invalid control was refused when sent, every valid one accepted;
 - every accepted request ended in exactly one event, and every error names a reason the stream provoked
@@ -86,6 +87,19 @@ class Stream:
     def bad_weights(self, count: int) -> list[float]:
         bad = self.rng.choice([math.nan, math.inf, -1.0])
         return [bad] + [1.0] * (count - 1) if self.rng.random() < 0.8 else [0.0] * count
+
+    def burst(self) -> None:
+        """A fader or a text field: a run of valid changes of one key at once (most end superseded)."""
+        r = self.rng
+        path = r.choice(["prompt.guidance", "stream.t_index_list", "prompt.seed", "prompt.text"])
+        for _ in range(r.randint(20, 120)):
+            value: Any = {
+                "prompt.guidance": lambda: round(r.uniform(0.0, 3.0), 2),
+                "stream.t_index_list": lambda: sorted(r.sample(range(30), 2)),  # valid with 30 steps or more
+                "prompt.seed": lambda: r.randrange(1000),
+                "prompt.text": self.text,
+            }[path]()
+            self.sent[self.live.set(path, value)] = Sent("set", {"path": path, "value": value})
 
     def one(self) -> None:
         """Send one control; assert it was accepted exactly when it was valid."""
@@ -236,7 +250,7 @@ def test_a_random_stream_of_controls(tiny_taesd_models, seed):
             for _ in range(CONTROLS // CHECKPOINTS):
                 if stream.rng.random() < 0.3:
                     time.sleep(stream.rng.uniform(0.0, 0.01))  # else a burst
-                stream.one()
+                stream.burst() if stream.rng.random() < 0.02 else stream.one()
                 assert thread.is_alive(), f"the engine thread died: {crashed}"
             resume = live.pause(False)  # frame-counted transitions need frames to finish
             stream.sent[resume] = Sent("pause", {"paused": False})

@@ -8,6 +8,13 @@ fixed addresses, so:
 - the input image is copied into the graph's own input buffer, and the output is the graph's output buffer,
   overwritten by the next step (read it before the next step, as every sink does);
 - a change of shape or CFG strategy calls invalidate(): the next step captures again.
+
+A capture that fails at prepare follows the no-silent-fallback rule (fallback.py: the run stops, exit 2). A
+re-capture that fails mid-show (guidance crossing 1 changes the CFG strategy) is tried once more; then
+stream.acceleration_fallback decides: `none` runs eager for good, with a warning; `error` makes each step raise
+one DreamwireError naming the failure, at once and without capturing again, until invalidate() (a control that
+changes the situation, e.g. guidance back across 1) lets the next step try again. The live engine holds the last
+frame meanwhile and reports the error (engine/live/loop.py), so the show never crashes.
 The warm-up runs before capture (cuDNN/cuBLAS set-up, torch.compile) change the stream's state, so the caller
 passes `preserve`, which restores that state afterwards: the first replay is the next frame, as eager would be.
 """
@@ -100,12 +107,16 @@ class CudaGraphStep:
         self.static_output: torch.Tensor | None = None  # the graph's output frames [f, 3, H, W]
         self.captures = 0  # how many times the step was captured (re-captures included)
         self.eager = False  # after a failed capture with acceleration_fallback: none
+        self.failed: str | None = None  # mid-show, acceleration_fallback error: why each step raises until invalidate()
 
     def __call__(self, image: torch.Tensor | None) -> torch.Tensor:
         if self.eager:
             return self.body(image)
         if self.graph is None:
-            self.warm_up(image)
+            if self.captures:
+                self._recapture(image)
+            else:
+                self.warm_up(image)
             if self.eager:
                 return self.body(image)
         if image is not None and self.static_input is not None and image.data_ptr() != self.static_input.data_ptr():
@@ -116,10 +127,7 @@ class CudaGraphStep:
     def warm_up(self, image: torch.Tensor | None) -> None:
         if self.graph is not None or self.eager:
             return
-        if image is not None and (self.static_input is None or self.static_input.shape != image.shape):
-            self.static_input = torch.empty_like(image)  # same strides as the loader's frames: a plain copy
-        if image is not None:
-            self.static_input.copy_(image)  # type: ignore[union-attr]
+        self._take_input(image)
         try:
             self._capture()
         except DreamwireError:
@@ -128,6 +136,32 @@ class CudaGraphStep:
             self.graph, self.static_output = None, None
             self.fallback.failed("stream.cuda_graph: capturing the step", error)
             self.eager = True
+
+    def _recapture(self, image: torch.Tensor | None) -> None:
+        """Mid-show: capture again, once more after a failure, then stream.acceleration_fallback decides (the
+        module docstring)."""
+        if self.failed is not None:
+            raise DreamwireError(self.failed)
+        self._take_input(image)
+        try:
+            self._capture()
+            return
+        except DreamwireError:
+            raise
+        except Exception as error:  # a capture error of any kind: try once more
+            self.graph, self.static_output = None, None
+            log.warning("re-capturing the step as a CUDA graph failed (%s); trying once more", error)
+        try:
+            self.warm_up(image)  # the second failure goes through the fallback rule
+        except DreamwireError as error:
+            self.failed = f"{error.args[0]}; the last frame is held until a control changes it (e.g. guidance back)"
+            raise DreamwireError(self.failed) from error
+
+    def _take_input(self, image: torch.Tensor | None) -> None:
+        if image is not None and (self.static_input is None or self.static_input.shape != image.shape):
+            self.static_input = torch.empty_like(image)  # same strides as the loader's frames: a plain copy
+        if image is not None:
+            self.static_input.copy_(image)  # type: ignore[union-attr]
 
     def _capture(self) -> None:
         cuda = self.device.type == "cuda"
@@ -148,4 +182,4 @@ class CudaGraphStep:
         log.info("captured the step as a CUDA graph (capture %d)", self.captures)
 
     def invalidate(self) -> None:
-        self.graph = None
+        self.graph, self.failed = None, None

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from engine.live.controls import BlendPrompts, BlendSeeds, Control, Pause, Reset, SetValue, spec_of
 
 _EVERYTHING = "*"  # the group of a reset: it touches all of them
+_NONE: tuple[tuple[Control, int], ...] = ()  # take_superseded() with nothing to report
 
 
 @dataclass
@@ -97,6 +98,8 @@ class ControlQueue:
     def take(self, waits: Callable[[Control], bool] | None = None) -> Control | None:
         """The oldest queued control, or with `waits` the oldest for which waits(control) is False (the others
         keep their place); None when there is none."""
+        if not self._entries:  # the common case between two frames: no lock, no allocation
+            return None
         with self._lock:
             for index, entry in enumerate(self._entries):
                 if waits is not None and waits(entry.control):
@@ -108,8 +111,10 @@ class ControlQueue:
                 return entry.control
             return None
 
-    def take_superseded(self) -> list[tuple[Control, int]]:
+    def take_superseded(self) -> Sequence[tuple[Control, int]]:
         """The controls merged away since the last call, each with the request id that replaced it."""
+        if not self._superseded:  # read without the lock: a merge that races this is reported on the next call
+            return _NONE
         with self._lock:
             merged, self._superseded = self._superseded, []
             return merged

@@ -120,7 +120,9 @@ class RequestedValues:
         with self._lock:
             section, checked = self._checked(path, value)
             yield checked
-            setattr(self._preset, path.split(".")[0], section)
+            # Already validated, as a section: a validated assignment to the preset would run the section's
+            # checks a second time (the preset itself has no check across sections).
+            self._preset.__dict__[path.split(".")[0]] = section
             self._latest[path] = request_id
 
     def _checked(self, path: str, value: Any) -> tuple[Any, Any]:

@@ -40,7 +40,7 @@ from engine.core.supervisor import default_supervisor
 from engine.live.changes import Changes
 from engine.live.control_queue import ControlQueue
 from engine.live.controls import RequestedValues, SetValue
-from engine.live.events import EventHub, Listener
+from engine.live.events import EngineEvent, EventHub, Listener, one_line
 from engine.live.in_effect import InEffect
 from engine.live.inputs import InputBatcher
 from engine.live.io_bridges import IoBridges
@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 
 MAX_CONTROLS_PER_DRAIN = 64  # a burst is applied over several frames, never holding the picture
 DRAIN_BUDGET = 0.010  # s: stop applying controls between two frames once this is spent (after at least one)
+
+ENCODER_STOP_TIMEOUT = 0.5  # s: an encoding still running at stop is abandoned (its thread is a daemon)
 
 FrameListener = Callable[[int, float], None]  # fn(frame_number, time.perf_counter() of the publish)
 
@@ -90,6 +92,7 @@ class LiveEngine:
         self.changes = Changes(self.now, self.prompts, self.rebuilds, self.io, self.forget_captures)
         self.changes.handlers["tempo"] = self._set_tempo
         self._status_shown = 0.0
+        self._step_failures = 0  # steps failed in a row (the current failure streak)
         self.status_sources: list[Callable[[], dict[str, Any]]] = []  # more numbers for status(): the OSC counters
 
     # ---- what is in effect (engine/live/in_effect.py) -------------------------------------------------------
@@ -169,18 +172,13 @@ class LiveEngine:
         self._frame_listeners = (*self._frame_listeners, listener)
 
     def status(self) -> dict[str, Any]:
-        """The live numbers (see engine/live/metrics.py), the supervised threads' deaths and restarts
-        (engine/core/supervisor.py) and the engine's state, for the OSC bridge and the CLI."""
+        """The live numbers (see engine/live/metrics.py) plus the engine's state (paused, rebuilding, step_failures:
+        steps failed in a row), the supervisor's thread numbers (thread_deaths, thread_restarts, threads_failing,
+        last_thread_error) and the status_sources' numbers, for the OSC bridge and the CLI."""
         extra = {key: value for source in self.status_sources for key, value in source().items()}
-        threads = default_supervisor().snapshot()
-        return {
-            **self.metrics.snapshot(),
-            **threads,
-            **self.tempo.status(),
-            "paused": self.paused,
-            "rebuilding": self.rebuilding,
-            **extra,
-        }
+        state = {"paused": self.paused, "rebuilding": self.rebuilding, "step_failures": self._step_failures}
+        tempo = self.tempo.status()  # bpm, beat, peers, quantised changes held, LFOs (engine/live/tempo.py)
+        return {**self.metrics.snapshot(), **state, **tempo, **default_supervisor().snapshot(), **extra}
 
     @property
     def rebuilding(self) -> bool:
@@ -272,8 +270,19 @@ class LiveEngine:
             self.events.superseded(control, f"superseded by request {newer} before it was applied")
 
     def step(self) -> bool:
-        """Process the newest input (held during a rebuild; nothing while paused). False when no input came."""
-        frames = self.inputs.take(self.pipeline.frames)
+        """Process the newest input (held during a rebuild; nothing while paused). False when no input came.
+
+        Guarded: a step that raises is one log line and an error event (path "step") per failure streak; the
+        last good frame keeps going out, and the next frame tries again."""
+        try:
+            return self._step()
+        except Exception as error:
+            self._step_failed(error)
+            self.io.publish(self.io.last_outputs)
+            return True
+
+    def _step(self) -> bool:
+        frames = self.inputs.take(self.now.pipeline.frames)
         if frames is None:
             if not self.io.last_outputs:  # no picture yet: one that says why (once per reason)
                 placeholder = self.placeholder.frame(self.io.source_worker, *self._stream_size(), self.frame_number)
@@ -282,16 +291,36 @@ class LiveEngine:
             elif self.io.source_lost():
                 self.io.publish(self.io.last_outputs)  # the source is lost: keep the last frame going out
             return False
-        if self.rebuilding:
+        if self.rebuilds.running is not None:
             self.io.publish(self.io.last_outputs)  # keep sending the last frame until the new pipeline is ready
-        elif not self.paused:
+        elif not self.now.paused:
             outputs = self.process(frames)  # warm-up outputs (the zero buffer's) give way to the last good frame
             self.io.publish(self.warmup.outputs(outputs, frames, self.io.last_outputs, self.pipeline.skipped))
-            now = time.perf_counter()
-            for listener in self._frame_listeners:
-                listener(self.frame_number, now)
+            if self._step_failures:
+                log.info("step works again after %d failed frames", self._step_failures)
+                self._step_failures = 0
+            self._tell_frame_listeners()
         self._show_status()
         return True
+
+    def _tell_frame_listeners(self) -> None:
+        now = time.perf_counter()
+        for listener in self._frame_listeners:
+            try:
+                listener(self.now.frame_number, now)
+            except Exception:  # a tool's bug is not a failed step
+                log.exception("frame listener %r failed", listener)
+
+    def _step_failed(self, error: Exception) -> None:
+        """The first failure of a streak: one error line and one event; the next ones in the streak at debug."""
+        self._step_failures += 1
+        if self._step_failures > 1:
+            log.debug("step failed again (%d in a row): %s", self._step_failures, one_line(error))
+            return
+        message = f"step failed, holding the last frame and trying again each frame: {one_line(error)}"
+        log.error("%s", message)
+        log.debug("step failure", exc_info=error)
+        self.events.emit(EngineEvent("error", "step", message=message))
 
     def _show_status(self) -> None:
         """At most twice a second: the status line to the sinks that display text (through their own threads)."""
@@ -368,6 +397,6 @@ class LiveEngine:
         for control in self.tempo.quantiser.release_all():  # every request ends in one event
             self.events.superseded(control, "the engine stopped before its beat")
         self.io.close()
-        self.prompts.close()
+        self.prompts.close(ENCODER_STOP_TIMEOUT)
         self.rebuilds.close()
         self.metrics.close()

@@ -96,5 +96,6 @@ class Prompts:
                 seq = self.encoder.request(key, prompt_texts(source))
                 self._pending[key] = _Pending(source, seq, announce=False)
 
-    def close(self) -> None:
-        self.encoder.close()
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the encoder, waiting up to `timeout` s for an encoding under way."""
+        self.encoder.close(timeout)
