@@ -16,6 +16,7 @@ from test_osc import NS, rig  # noqa: F401
 
 from engine.control.commands import COMMANDS
 from engine.control.routes import routes
+from engine.control.surface import ControlSurface
 from engine.core.supervisor import SupervisedThread, default_supervisor
 
 
@@ -32,11 +33,13 @@ def test_a_second_transport_is_handle_plus_an_outlet_and_sees_what_osc_sees(rig)
     assert any(address == f"{NS}/error" and "99.0" in args[0] for address, args in received)
 
 
-def test_one_transition_for_every_transport(rig):
+def test_one_surface_per_engine_and_one_transition_for_every_transport(rig):
     r = rig()
+    other = ControlSurface.of(r.engine, r.engine.preset.osc)  # what a second transport (MIDI, the page) takes
+    assert other is r.surface.surface
     r.controller.send("/transition", 0.5)  # from OSC
     assert r.controller.sync(r.feedback) == []
-    r.surface.surface.handle("/guidance", [3.0])  # from another transport: timed by the same transition
+    other.handle("/guidance", [3.0])  # from the other transport: timed by the same transition
     r.apply()
     assert "guidance" in r.engine.transitions
 

@@ -44,8 +44,9 @@ class OscTransport:
 
     @classmethod
     def alone(cls, engine: LiveEngine, config: OscConfig, discovery: bool = True) -> OscTransport:
-        """A control surface with OSC as its only transport (tests, the OSC bench), closed with it."""
-        surface = ControlSurface(engine, config).start()
+        """The engine's control surface (ControlSurface.of) with OSC on it, the surface closed with this transport
+        (`dreamwire run`, tests, the OSC bench)."""
+        surface = ControlSurface.of(engine, config)
         try:
             transport = cls.start(surface, discovery)
         except BaseException:

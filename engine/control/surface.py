@@ -3,6 +3,7 @@ page, MIDI, tempo sources).
 
 A transport talks to it in two directions:
 
+    surface = ControlSurface.of(engine, preset.osc)  # the engine's one surface, started on first use
     surface.handle(address, args, sender)   # in: any thread; never raises for what the sender got wrong
     surface.add_outlet(send)                # out: send(address, args) for every echo, error and status burst
 
@@ -26,7 +27,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from engine.config.registry import ParamSpec, registry
@@ -44,13 +46,25 @@ log = logging.getLogger(__name__)
 
 Sender = tuple[str, int]
 
+_SURFACES: weakref.WeakKeyDictionary[LiveEngine, ControlSurface] = weakref.WeakKeyDictionary()  # one per engine
+_SURFACES_LOCK = threading.Lock()
+
 
 class ControlSurface:
+    @classmethod
+    def of(cls, engine: LiveEngine, config: OscConfig) -> ControlSurface:
+        """The engine's surface, started on first use: every transport of one engine shares it (and its
+        /transition). close() ends it; the next call makes a new one."""
+        with _SURFACES_LOCK:
+            surface = _SURFACES.get(engine)
+            if surface is None:
+                surface = _SURFACES[engine] = cls(engine, config).start()
+            return surface
+
     def __init__(self, engine: LiveEngine, config: OscConfig) -> None:
         self.engine, self.config = engine, config
         self.router = Router(config.namespace)
         self.transition = NextDuration()  # /transition: the duration of the changes that follow, for everyone
-        self.counters: list[Callable[[], dict[str, Any]]] = []  # transports' counters, for the status burst
         self._outlets: tuple[Outlet, ...] = ()
         self._lock = threading.Lock()
         self._log = ThrottledLog(log)
@@ -70,6 +84,9 @@ class ControlSurface:
 
     def close(self) -> None:
         """Safe to call twice."""
+        with _SURFACES_LOCK:
+            if _SURFACES.get(self.engine) is self:
+                del _SURFACES[self.engine]
         self.engine.events.remove(self.on_event)
         if self._status_thread is not None:
             self._status_thread.stop()
@@ -175,11 +192,8 @@ class ControlSurface:
             self.emit(messages)
 
     def status_values(self) -> dict[str, Any]:
-        return {
-            **default_supervisor().snapshot(),
-            **self.engine.status(),
-            **{key: value for counters in self.counters for key, value in counters().items()},
-        }
+        """The engine's status (transports add their counters to engine.status_sources) and the supervisor's."""
+        return {**default_supervisor().snapshot(), **self.engine.status()}
 
     def status_messages(self) -> list[Message]:
         """The numeric status for OSC In CHOP (unknown values are left out), and the prompt when it changed."""
