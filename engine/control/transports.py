@@ -45,7 +45,7 @@ class Controls:
     @classmethod
     def start(cls, engine: LiveEngine, preset: Preset) -> Controls:
         """Start what the preset configures; a part that fails to start closes the ones before it."""
-        controls = cls(ControlSurface(engine, preset.osc).start())
+        controls = cls(ControlSurface.of(engine, preset.osc))  # the engine's one surface
         try:
             controls._start(engine, preset)
         except BaseException:
