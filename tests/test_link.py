@@ -12,11 +12,9 @@ from typing import Any
 
 import pytest
 
-from engine.config.schema import TempoConfig
 from engine.control.link import LinkSource
 from engine.core.supervisor import SupervisedThread
 from engine.live.beat_clock import BeatClock
-from engine.live.tempo import Tempo
 
 
 class FakeLink:
@@ -98,7 +96,7 @@ class OtherApp:
         self.thread.join(5)
 
 
-def test_two_link_instances_on_loopback_see_each_other_and_a_session_tempo_reaches_the_engine():
+def test_two_link_instances_on_loopback_see_each_other_and_a_session_tempo_reaches_the_engine(engine):
     try:
         import aalink
     except ImportError as error:
@@ -106,7 +104,8 @@ def test_two_link_instances_on_loopback_see_each_other_and_a_session_tempo_reach
         pytest.skip(f"aalink is not installed here ({error}); the fake-driven test covers the same code")
     other = OtherApp(aalink, 100.0)
     time.sleep(0.3)  # the other app's session was there first, as when dreamwire joins a running set
-    tempo = Tempo(TempoConfig(source="link", bpm=120.0))
+    live = engine()  # tiny model; tempo.source is read by `dreamwire run`, which starts the same LinkSource
+    tempo = live.tempo
     source = LinkSource(tempo.clock).start()
     try:
         deadline = time.perf_counter() + 8
@@ -118,10 +117,12 @@ def test_two_link_instances_on_loopback_see_each_other_and_a_session_tempo_reach
             time.sleep(0.05)
         wait_for(lambda: abs(tempo.clock.bpm - 100.0) < 0.01)  # joining adopts the session's tempo, not ours
         other.call(lambda link: setattr(link, "tempo", 133.0))  # the other app changes it
-        wait_for(lambda: abs(tempo.clock.bpm - 133.0) < 0.01)
+        wait_for(lambda: abs(live.status()["bpm"] - 133.0) < 0.01)
+        assert live.status()["peers"] == 1
         beat = other.call(lambda link: link.beat)
-        assert abs(tempo.clock.beat_at() - beat) < 0.25  # the same beat, to within the polls
-        tempo.apply("tempo.bpm", 90.0)  # tempo.bpm applied by the engine: we lead
+        assert abs(live.status()["beat"] - beat) < 0.25  # the same beat, to within the polls
+        live.set("tempo.bpm", 90.0)  # as /tempo/bpm from OSC or a MIDI fader would: we lead
+        live.apply_pending_controls()
         wait_for(lambda: abs(other.call(lambda link: link.tempo) - 90.0) < 0.01)
     finally:
         source.close()
