@@ -6,6 +6,7 @@ against a fake clock (time moved by hand), through the live engine on the tiny m
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 from test_osc import NS, rig  # noqa: F401
@@ -287,3 +288,23 @@ def test_the_status_line_shows_the_tempo_bar_and_beat(engine):
     assert status_line(live.metrics.snapshot()).endswith("| 120.0 bpm 2.2")
     live.tempo.clock.peers = 3
     assert status_line(live.status()).endswith("| 120.0 bpm 2.2 3 peers")
+
+
+def test_a_quantised_change_due_during_a_rebuild_waits_for_the_new_pipeline(engine):
+    live = engine()
+    now = fake_clock(live)
+    live.set("prompt.guidance", 4.0, quantize="beat")
+    live.apply_pending_controls()  # held for beat 1
+    live.set("stream.width", 96)  # a rebuild, running when the beat comes
+    live.apply_pending_controls()
+    assert live.rebuilding
+    now.t += 0.5  # beat 1
+    live.apply_pending_controls()
+    if live.rebuilding:  # the tiny model may finish first; while it builds, the old pipeline is left alone
+        assert live.pipeline.guidance != 4.0
+    deadline = time.perf_counter() + 60
+    while live.preset.prompt.guidance != 4.0:
+        assert time.perf_counter() < deadline, "the quantised change was lost"
+        live.apply_pending_controls()
+        time.sleep(0.01)
+    assert live.pipeline.guidance == 4.0 and live.preset.stream.width == 96

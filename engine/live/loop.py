@@ -240,7 +240,10 @@ class LiveEngine:
         self.rebuilds.poll()
         self._report_superseded()
         for control in self.tempo.quantiser.due():  # quantised changes whose beat (minus the lookahead) has come
-            self.changes.apply_guarded(control)
+            if self.rebuilds.waits(control):
+                self.controls.put(control)  # its moment has passed: applied as soon as the rebuild lets it
+            else:
+                self.changes.apply_guarded(control)
         deadline = time.perf_counter() + DRAIN_BUDGET
         for _ in range(MAX_CONTROLS_PER_DRAIN):
             control = self.controls.take(self.rebuilds.waits)
