@@ -255,11 +255,13 @@ def test_a_device_missing_at_start_is_waited_for_and_an_unplugged_one_too_while_
             assert time.perf_counter() < deadline
             time.sleep(0.01)
         r.wait_frames(3)
+        assert r.engine.status()["midi_input"] == "waiting for 'nanoKONTROL2'"
         backend.names.append("nanoKONTROL2 MIDI 1")  # plugged in
         while midi.connected is None:
             assert time.perf_counter() < deadline
             time.sleep(0.01)
         backend.inputs[-1].callback(cc(0, 127))
+        assert r.engine.status()["midi_input"] == "nanoKONTROL2 MIDI 1"
         backend.names.remove("nanoKONTROL2 MIDI 1")  # unplugged mid-show
         while midi.connected is not None:
             assert time.perf_counter() < deadline
@@ -271,6 +273,7 @@ def test_a_device_missing_at_start_is_waited_for_and_an_unplugged_one_too_while_
             time.sleep(0.01)
         time.sleep(0.05)  # several polls with the port there: no more warnings
     midi.close()
+    assert "midi_input" not in r.engine.status()
     assert len(backend.inputs) == 2 and backend.inputs[0].closed and backend.inputs[1].closed
     warnings = [m for m in caplog.messages if "MIDI input" in m]
     assert len(warnings) == 2 and "not found" in warnings[0] and "unplugged" in warnings[1]

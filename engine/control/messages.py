@@ -45,6 +45,7 @@ STATUS: tuple[StatusValue, ...] = (
     StatusValue("bpm", "/status/bpm", "f", "The tempo in effect (beats per minute)."),
     StatusValue("beat", "/status/beat", "f", "The beat now (bars are `tempo.quantum` beats from beat 0)."),
     StatusValue("peers", "/status/peers", "i", "Ableton Link peers in the session (0 for other tempo sources)."),
+    StatusValue("midi_input", "/status/midi", "s", "The MIDI input in use, or the one waited for (when configured)."),
 )
 
 

@@ -152,8 +152,14 @@ class MidiTransport:
             self.backend = midi_backend()
         self.surface.midi = self
         self.surface.add_outlet(self._echo)
+        self.surface.engine.status_sources.append(self.counters)
         self._thread = spawn("dreamwire-midi-ports", self._watch)
         return self
+
+    def counters(self) -> dict[str, Any]:
+        """For status(): the input port in use (or what is waited for) and the messages received."""
+        port = self._input_name or f"waiting for {self.config.input!r}"
+        return {"midi_input": port, "midi_received": self.received}
 
     def close(self) -> None:
         """Safe to call twice."""
@@ -161,6 +167,8 @@ class MidiTransport:
             self._thread.stop()
             self._thread = None
         self.surface.remove_outlet(self._echo)
+        if self.counters in self.surface.engine.status_sources:
+            self.surface.engine.status_sources.remove(self.counters)
         if self.surface.midi is self:
             self.surface.midi = None
         self._close_ports()
