@@ -70,6 +70,21 @@ def test_a_burst_of_one_key_drains_in_about_one_change(engine):
     assert live.preset.stream.t_index_list == [499 % 20, 20 + 499 % 25]
 
 
+def test_a_burst_of_commands_is_applied_over_several_frames(engine):
+    """Blends keep their order, so they are not merged: a bound per drain keeps frames coming between them."""
+    from engine.live.loop import MAX_CONTROLS_PER_DRAIN
+
+    live = engine()
+    events: list[EngineEvent] = []
+    live.add_listener(events.append)
+    sent = [live.blend_seeds([(k, 0.5), (k + 1, 0.5)]) for k in range(MAX_CONTROLS_PER_DRAIN + 36)]
+    live.apply_pending_controls()
+    assert 1 <= len(events) <= MAX_CONTROLS_PER_DRAIN and not live.controls.empty()
+    while not live.controls.empty():
+        live.apply_pending_controls()
+    assert [e.request_id for e in events] == sent and {e.kind for e in events} == {"applied"}
+
+
 def test_a_control_applies_within_one_frame_when_no_input_arrives(engine, monkeypatch):
     """No input frame ever comes and the frame wait never times out: only the control itself can wake the loop."""
     original = LatestFrameSlot.get

@@ -17,6 +17,8 @@ from engine.live.metrics import StatusLinePrinter
 
 log = logging.getLogger(__name__)
 
+ENGINE_SWITCH_INTERVAL = 0.001  # s: Python's thread switch interval while `run` runs (the default is 0.005)
+
 
 def run_live(preset: Preset, duration: float | None = None, instance: Instance = DEFAULT_INSTANCE) -> None:
     # Build (not open) every bridge first: a missing platform module or a bad URI fails in one line before the
@@ -36,9 +38,14 @@ def run_live(preset: Preset, duration: float | None = None, instance: Instance =
     previous = {sig: signal.signal(sig, stop) for sig in stop_signals()}
     status = StatusLinePrinter(engine.metrics)
     status.start()
+    # The engine thread gives up the GIL in every torch op; while control threads are busy (a burst of OSC
+    # messages) each op waited up to the 5 ms default to get it back, which froze the picture for seconds.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(ENGINE_SWITCH_INTERVAL)
     try:
         engine.run(duration)
     finally:
+        sys.setswitchinterval(switch_interval)
         controls.close()
         status.close()
         for sig, handler in previous.items():

@@ -41,15 +41,15 @@ class LatestFrameSlot(Generic[T]):
         """
         with self._cond:
             self._cond.wait_for(lambda: self._closed or self._woken or self._seq > self._taken, timeout)
-            if self._closed or self._woken or self._seq <= self._taken:
+            if self._closed or self._seq <= self._taken:  # closed, woken or timed out
                 self._woken = False
                 return None
-            self._taken = self._seq
+            self._taken = self._seq  # a newer item wins over a wake, which stays for the next get()
             return self._item
 
     def wake(self) -> None:
-        """The consumer's current (or next) get() returns None at once, e.g. to look at something other than
-        frames (a control arrived); an item put meanwhile stays for the get() after it."""
+        """The consumer's current (or next) get() returns at once: None unless a newer item is there (then that
+        item, and the wake stays for the get() after it), e.g. to look at something other than frames."""
         with self._cond:
             self._woken = True
             self._cond.notify_all()

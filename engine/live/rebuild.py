@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ class Rebuilds:
             self._thread = spawn("dreamwire-rebuild", self._work)
         return future
 
-    def _work(self, stop: Any) -> None:
+    def _work(self, stop: threading.Event) -> None:
         limit_torch_threads(1)
         while not stop.is_set():
             job = self._jobs.get()
