@@ -49,7 +49,10 @@ def test_onetime_is_an_alias_of_initialize():
         ("stream.cfg_type=bogus", r"stream.cfg_type: 'bogus'.*allowed: none, full, self, initialize"),
         ("stream.width=20", r"stream.width: 20 .*int in \[64, 2048\]"),
         ("stream.colour=red", r"unknown key 'stream.colour' \(allowed: acceleration, acceleration_fallback, cfg_type"),
-        ("sound.volume=3", r"unknown key 'sound' \(allowed: controlnets, filter, io, model, osc, prompt, stream\)"),
+        (
+            "sound.volume=3",
+            r"unknown key 'sound' \(allowed: controlnets, filter, io, midi, model, osc, prompt, stream, tempo\)",
+        ),
         ("prompt.guidance=-1", r"prompt.guidance: -1 .*float in \[0, 20\]"),
         ("model.device=gpu", r"model.device: 'gpu'"),
         ("novalue", r"expected key=value"),

@@ -136,7 +136,8 @@ class Rig:
         """Apply what was sent, as the loop would between frames, until prompt encodings have landed too."""
         deadline = time.perf_counter() + timeout
         self.engine.apply_pending_controls()
-        while self.engine.prompts.encoding() or self.engine.rebuilding:
+        # the drain is bounded (a frame's budget): what it left queued is applied by the next calls
+        while self.engine.prompts.encoding() or self.engine.rebuilding or not self.engine.controls.empty():
             assert time.perf_counter() < deadline, "the engine did not settle"
             time.sleep(0.005)
             self.engine.apply_pending_controls()
@@ -203,6 +204,10 @@ LIVE_VALUES: dict[str, tuple[tuple[Any, ...], Any]] = {  # path → (OSC argumen
     "filter.enabled": ((("T", True),), True),
     "filter.threshold": ((0.875,), 0.875),
     "filter.max_skip_frames": ((5,), 5),
+    "tempo.bpm": ((128.5,), 128.5),
+    "tempo.quantum": ((3,), 3),
+    "tempo.latency_ms": ((40.0,), 40.0),
+    "tempo.quantize": (("bar",), "bar"),  # last: it times only the changes sent after it is applied
 }
 
 

@@ -85,3 +85,46 @@ def test_ctrl_c_and_ctrl_break_stop_run_cleanly_on_windows(tmp_path, key, sent):
     assert f"{signal.Signals(sent).name}: stopping" in text and "stopped after" in text, text
     frames = np.load(out)  # finished: renamed from .part with the final frame count
     assert frames.shape[0] >= 1 and frames.shape[1:] == (64, 64, 3)
+
+
+TEMPO_MODULES = [
+    "engine.live.beat_clock",
+    "engine.live.quantiser",
+    "engine.live.modulators",
+    "engine.live.tempo",
+    "engine.control.tempo_commands",
+    "engine.control.midi_map",
+    "engine.control.midi_clock",
+    "engine.control.midi",
+    "engine.control.link",
+    "engine.control.transports",
+]
+NO_MIDI_NO_LINK = """
+import importlib, json, sys
+for name in ("rtmidi", "mido", "aalink"):
+    sys.modules[name] = None  # no ALSA, no rtmidi, no Link: `import` raises ImportError
+for module in sys.argv[1:]:
+    importlib.import_module(module)
+from engine.config.presets import load_preset
+from engine.control.transports import check_available
+from engine.core.errors import DreamwireError
+check_available(load_preset("offline-demo"))  # neither configured: nothing is needed
+errors = []
+for override in ("midi.input=nano", "tempo.source=link"):
+    try:
+        check_available(load_preset("offline-demo", [override]))
+    except DreamwireError as error:
+        errors.append(str(error))
+print(json.dumps({"errors": errors}))
+"""
+
+
+@pytest.mark.parametrize("platform", ["linux", "win32", "darwin"])
+def test_tempo_and_midi_modules_import_without_alsa_rtmidi_or_link(platform):
+    command = [sys.executable, "-c", NO_MIDI_NO_LINK, *TEMPO_MODULES]
+    done = subprocess.run(command, env=_env(platform), capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])  # (sys.platform is faked for our modules only)
+    midi, link = report["errors"]
+    assert "python-rtmidi" in midi and "ALSA" in midi and "\n" not in midi
+    assert "aalink" in link and "\n" not in link

@@ -8,6 +8,7 @@ from engine.bench.bridges import format_bridge_costs
 from engine.bench.controlnet import format_controlnet
 from engine.bench.osc import format_osc
 from engine.bench.pipeline import Measurement, format_table
+from engine.bench.tempo import format_tempo
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -47,6 +48,8 @@ def format_report(report: dict[str, Any]) -> str:
         )
     if "bridges" in report:
         lines += format_bridge_costs(report["bridges"])
+    if "tempo" in report:
+        lines.append(format_tempo(report["tempo"]))
     if "controlnets" in report:
         lines += format_controlnet(report["controlnets"])
     lines.append(f"device: {report['device']}, torch threads: {report['threads']}")

@@ -15,7 +15,14 @@ import torch
 from engine.config.schema import Preset
 from engine.pipeline.models import Models
 
-PARTS = ("pipeline", "prompt-changes", "loop", "bridges", "osc")  # the default; `--only controlnets` adds ControlNets
+PARTS = (
+    "pipeline",
+    "prompt-changes",
+    "loop",
+    "bridges",
+    "osc",
+    "tempo",
+)  # the default; `--only controlnets` adds ControlNets
 
 
 def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
@@ -51,6 +58,7 @@ def _parts(models: Models, preset: Preset, frames: int) -> dict[str, Callable[[]
     from engine.bench.live import loop_efficiency, prompt_change_frame_times
     from engine.bench.osc import osc_benchmarks
     from engine.bench.pipeline import ratios, run_measurements
+    from engine.bench.tempo import tempo_benchmarks
 
     def pipeline() -> dict[str, Any]:
         results = run_measurements(models, preset, frames)
@@ -66,5 +74,6 @@ def _parts(models: Models, preset: Preset, frames: int) -> dict[str, Callable[[]
         "loop": lambda: {"loop": loop_efficiency(models, preset, seconds=max(2.0, frames / 6))},
         "bridges": lambda: {"bridges": bridge_costs(frames=max(100, 8 * frames))},
         "osc": lambda: {"osc": osc_benchmarks(models, preset)},
+        "tempo": lambda: {"tempo": tempo_benchmarks(models, preset, changes=max(4, frames), frames=max(8, 4 * frames))},
         "controlnets": lambda: {"controlnets": controlnet_costs(models, preset, frames)},
     }

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", help="source URI (overrides io.input), e.g. pattern:, file:clip.mp4")
     run.add_argument("--output", action="append", help="sink URI (repeatable; overrides io.outputs), e.g. preview:")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--midi-map", help="MIDI mapping file (YAML; overrides midi.map); MIDI learn saves to it")
     run.add_argument(
         "--name",
         default="dreamwire",
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--only",
         action="append",
-        choices=["pipeline", "prompt-changes", "loop", "bridges", "osc", "controlnets"],
+        choices=["pipeline", "prompt-changes", "loop", "bridges", "osc", "tempo", "controlnets"],
         help="run only this part (repeatable; default: all but controlnets, one after another)",
     )
     bench.add_argument("--soak", type=int, metavar="FRAMES", help="also run FRAMES frames and report memory growth")
@@ -122,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides.append(f"io.input={json.dumps(args.input)}")
         if args.command == "run" and args.output:
             overrides.append(f"io.outputs={json.dumps(args.output)}")
+        if args.command == "run" and args.midi_map:
+            overrides.append(f"midi.map={json.dumps(args.midi_map)}")
         preset = load_preset(args.preset, overrides)
         if args.command == "render":
             from engine.commands.render import render

@@ -10,7 +10,7 @@ from types import FrameType
 
 from bridges.uri import open_sink, open_source
 from engine.config.schema import Preset
-from engine.control.osc import OscTransport
+from engine.control.transports import Controls, check_available
 from engine.core.instance import DEFAULT_INSTANCE, Instance
 from engine.live.loop import LiveEngine
 from engine.live.metrics import StatusLinePrinter
@@ -26,9 +26,10 @@ def run_live(preset: Preset, duration: float | None = None, instance: Instance =
     open_source(preset.io.input, instance)
     for uri in preset.io.outputs:
         open_sink(uri, instance)
+    check_available(preset)  # MIDI or Link configured without its library (or ALSA): one line, before the model
     preset = with_instance_osc_ports(preset, instance)
     engine = LiveEngine(preset, instance=instance)
-    osc = start_osc(engine, preset)
+    controls = start_controls(engine, preset)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
@@ -45,8 +46,7 @@ def run_live(preset: Preset, duration: float | None = None, instance: Instance =
         engine.run(duration)
     finally:
         sys.setswitchinterval(switch_interval)
-        if osc is not None:
-            osc.close()
+        controls.close()
         status.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -65,13 +65,11 @@ def with_instance_osc_ports(preset: Preset, instance: Instance) -> Preset:
     return preset.model_copy(update={"osc": preset.osc.model_copy(update=update)}) if update else preset
 
 
-def start_osc(engine: LiveEngine, preset: Preset) -> OscTransport | None:
-    """The control surface and its OSC transport (osc.enabled); a port that cannot be bound stops here, with the
-    engine closed. More transports (the control page, MIDI) take `transport.surface`."""
-    if not preset.osc.enabled:
-        return None
+def start_controls(engine: LiveEngine, preset: Preset) -> Controls:
+    """The control surface and its transports (engine/control/transports.py: OSC, MIDI, the tempo source); a port
+    that cannot be bound stops here, with the engine closed."""
     try:
-        return OscTransport.alone(engine, preset.osc)
+        return Controls.start(engine, preset)
     except BaseException:
         engine.close()
         raise

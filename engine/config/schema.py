@@ -18,7 +18,18 @@ CfgType = Literal["none", "full", "self", "initialize"]
 # What applies a change (engine/live/loop.py has one handler per name). cond, uncond, guidance, delta and noise
 # are also the pipeline values a change can move over a duration (engine/live/targets.py).
 Apply = Literal[
-    "cond", "uncond", "guidance", "delta", "noise", "schedule", "filter", "source", "sinks", "controlnet", "rebuild"
+    "cond",
+    "uncond",
+    "guidance",
+    "delta",
+    "noise",
+    "schedule",
+    "filter",
+    "source",
+    "sinks",
+    "controlnet",
+    "rebuild",
+    "tempo",
 ]
 # diffusers' LCMScheduler.set_timesteps refuses more steps than its config's original_inference_steps (default 50,
 # the value in every LCM and turbo config we load); engine/pipeline/schedule.py checks the real config too.
@@ -281,6 +292,39 @@ class ControlNetConfig(Section):
         return self
 
 
+Quantize = Literal["none", "beat", "bar", "2bars", "4bars"]
+
+
+class TempoConfig(Section):
+    """The beat clock (engine/live/tempo.py): where the tempo comes from, and how changes and LFOs follow it."""
+
+    source: Literal["internal", "link", "midi_clock", "osc"] = at_start(
+        "internal",
+        "internal (tempo.bpm, tap tempo on /tempo/tap), link (Ableton Link), midi_clock (24 ppqn from midi.input) "
+        "or osc (/tempo/bpm and /tempo/beat, e.g. TouchDesigner's Beat CHOP).",
+    )
+    bpm: float = live(120.0, "Beats per minute (with link: becomes the session's tempo).", apply="tempo", ge=20, le=999)
+    quantum: int = live(4, "Beats per bar (Link's quantum).", apply="tempo", ge=1, le=16)
+    latency_ms: float = live(
+        0.0,
+        "Lookahead: quantised changes apply this much before their beat (the pipeline's latency).",
+        apply="tempo",
+        ge=0.0,
+        le=1000.0,
+    )
+    quantize: Quantize = live(
+        "none", "Default for every change that does not say: none, beat, bar, 2bars or 4bars.", apply="tempo"
+    )
+
+
+class MidiConfig(Section):
+    """MIDI controllers (engine/control/midi.py) and MIDI clock (engine/control/midi_clock.py)."""
+
+    input: str = at_start("", "MIDI input port, by name or a part of it (empty: no MIDI).")
+    output: str = at_start("", "MIDI output port for LED feedback (empty: the input's name).")
+    map: str = at_start("", "Mapping file (YAML), also `--midi-map`; MIDI learn saves to it.")
+
+
 class Preset(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
@@ -294,3 +338,5 @@ class Preset(Section):
         "rebuilds the pipeline.",
         max_length=MAX_CONTROLNETS,
     )
+    tempo: TempoConfig = Field(default_factory=TempoConfig)
+    midi: MidiConfig = Field(default_factory=MidiConfig)

@@ -20,6 +20,16 @@ from engine.config import paths
 from engine.config.presets import available_presets, load_preset
 from engine.config.registry import ParamSpec, registry
 from engine.control.coerce import join_text, osc_args, scalar
+from engine.control.tempo_commands import (
+    lfo,
+    lfo_clear,
+    lfo_remove,
+    midi_learn,
+    tempo_beat,
+    tempo_tap,
+    transition_bars,
+    transition_beats,
+)
 from engine.control.transition import NextDuration
 from engine.core.errors import DreamwireError
 from engine.live.loop import LiveEngine
@@ -284,6 +294,70 @@ COMMANDS: tuple[Command, ...] = (
         transition_frames,
         "i",
         value=lambda surface: [surface.transition.frames or 0],
+    ),
+    Command(
+        "transition_beats",
+        "/transition/beats",
+        "f",
+        "Beats for the changes that follow (seconds at the tempo when each is sent).",
+        transition_beats,
+        "f",
+        range=lambda: [{"MIN": 0, "MAX": 1024}],
+        value=lambda surface: [surface.transition.get("beats") or 0.0],
+    ),
+    Command(
+        "transition_bars",
+        "/transition/bars",
+        "f",
+        "Bars (of `tempo.quantum` beats) for the changes that follow.",
+        transition_bars,
+        "f",
+        range=lambda: [{"MIN": 0, "MAX": 1024}],
+        value=lambda surface: [surface.transition.get("bars") or 0.0],
+    ),
+    Command(
+        "tempo_beat",
+        "/tempo/beat",
+        "f",
+        "The beat now (TouchDesigner's Beat CHOP; `tempo.source` osc or internal); `/tempo/bpm` sets the tempo.",
+        tempo_beat,
+        "f",
+        value=lambda surface: [surface.engine.tempo.clock.beat_at()],
+    ),
+    Command(
+        "tempo_tap",
+        "/tempo/tap",
+        "[i]",
+        "Tap tempo: the beat lands on the tap; two taps or more set the BPM.",
+        tempo_tap,
+        "i",
+    ),
+    Command(
+        "lfo",
+        "/lfo",
+        "s s f s f [f [i]]",
+        "An LFO: address, shape (sine, triangle, saw, square, random), rate, unit (beats, bars: the period; hz), "
+        "depth in the parameter's units [, phase 0-1 [, layer 0-7: LFOs on one parameter add up]]; replaces the "
+        "LFO on that address and layer.",
+        lfo,
+        "ssfsf",
+    ),
+    Command(
+        "lfo_remove",
+        "/lfo/remove",
+        "s [i]",
+        "Remove an address's LFOs, or one layer's (back to its value).",
+        lfo_remove,
+        "s",
+    ),
+    Command("lfo_clear", "/lfo/clear", "", "Remove every LFO.", lfo_clear),
+    Command(
+        "midi_learn",
+        "/midi/learn",
+        "s",
+        "MIDI learn: the next MIDI control that moves is mapped to this address, and the mapping file is saved.",
+        midi_learn,
+        "s",
     ),
     Command(
         "pause",

@@ -42,6 +42,10 @@ STATUS: tuple[StatusValue, ...] = (
     StatusValue("threads_failing", "/status/threads_failing", "s", "Threads in a failure streak (names), or ''."),
     StatusValue("last_thread_error", "/status/thread_error", "s", "The newest thread death: `name: cause`."),
     StatusValue("source", "/status/source", "s", "The source's state (e.g. waiting for a camera), when known."),
+    StatusValue("bpm", "/status/bpm", "f", "The tempo in effect (beats per minute)."),
+    StatusValue("beat", "/status/beat", "f", "The beat now (bars are `tempo.quantum` beats from beat 0)."),
+    StatusValue("peers", "/status/peers", "i", "Ableton Link peers in the session (0 for other tempo sources)."),
+    StatusValue("midi_input", "/status/midi", "s", "The MIDI input in use, or the one waited for (when configured)."),
 )
 
 

@@ -72,6 +72,7 @@ class ControlSurface:
         self._prompt = engine.preset.prompt.text  # what renders: a text, or a blend shown as "a:0.5 | b:0.5"
         self._prompt_sent: str | None = None
         self._status_thread: SupervisedThread | None = None
+        self.midi: Any = None  # the MIDI transport (engine/control/midi.py) when midi.input is set: /midi/learn
 
     # ---- lifetime ---------------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ class SetValue:
     duration: Duration = CUT
     bridges: tuple[Any, ...] = ()  # io.input / io.outputs: the bridges, built (not opened) by the sender
     request_id: int = 0
+    at_beat: float | None = None  # quantised: held until this beat (engine/live/quantiser.py); None: next frame
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class BlendPrompts:
     method: Literal["linear", "slerp"] = "slerp"
     duration: Duration = CUT
     request_id: int = 0
+    at_beat: float | None = None
 
     @property
     def value(self) -> tuple[tuple[str, float], ...]:
@@ -55,6 +57,7 @@ class BlendSeeds:
     items: tuple[tuple[int, float], ...]
     duration: Duration = CUT
     request_id: int = 0
+    at_beat: float | None = None
 
     @property
     def value(self) -> tuple[tuple[int, float], ...]:

@@ -40,7 +40,7 @@ from engine.core.supervisor import default_supervisor
 from engine.live.changes import Changes
 from engine.live.control_queue import ControlQueue
 from engine.live.control_sources import ControlSources
-from engine.live.controls import RequestedValues
+from engine.live.controls import RequestedValues, SetValue
 from engine.live.events import EngineEvent, EventHub, Listener, one_line
 from engine.live.in_effect import InEffect
 from engine.live.inputs import InputBatcher
@@ -52,6 +52,7 @@ from engine.live.prompt_encoder import PromptEncoder
 from engine.live.prompts import Prompts
 from engine.live.rebuild import Rebuilds
 from engine.live.requests import Requests
+from engine.live.tempo import Tempo
 from engine.live.timing import TimedBackend
 from engine.live.transitions import TransitionSet
 from engine.live.warmup import WarmupHold, warmup_steps
@@ -72,7 +73,8 @@ class LiveEngine:
     def __init__(self, preset: Preset, models: Models | None = None, instance: Instance = DEFAULT_INSTANCE) -> None:
         self.instance = instance  # default sender names and preview port of bridges (engine/core/instance.py)
         self.controls = ControlQueue()
-        self._requests = Requests(preset, instance, self.controls)
+        self.tempo = Tempo(preset.tempo)  # the beat clock, quantised changes and LFOs (engine/live/tempo.py)
+        self._requests = Requests(preset, instance, self.controls, self.tempo)
         self.metrics = EngineMetrics()
         self.events = EventHub()  # applied changes and errors, for OSC feedback
         self._frame_listeners: tuple[FrameListener, ...] = ()
@@ -80,6 +82,7 @@ class LiveEngine:
         self._stopping = threading.Event()  # set by stop() from any thread (a signal handler too)
         self.io = IoBridges(self._stream_size, self._stopping, self.metrics.on_input_frame)
         self.metrics.set_source_state(self.io.source_state)
+        self.metrics.set_tempo(self.tempo.status)  # bpm, beat and peers in the status line
         self.warmup = WarmupHold()  # live: the last good frame instead of the zero buffer's first outputs
         self.placeholder = Placeholder()  # until the source's first frame: a picture naming why there is none
         self.inputs = InputBatcher(self.io, self.metrics)
@@ -89,6 +92,7 @@ class LiveEngine:
         self.prompts = Prompts(self.now)
         self.rebuilds = Rebuilds(self.now, self.requested, self.prompts, self.install)
         self.changes = Changes(self.now, self.prompts, self.rebuilds, self.io, self.forget_captures)
+        self.changes.handlers["tempo"] = self._set_tempo
         self._status_shown = 0.0
         self._step_failures = 0  # steps failed in a row (the current failure streak)
         self.status_sources: list[Callable[[], dict[str, Any]]] = []  # more numbers for status(): the OSC counters
@@ -120,9 +124,13 @@ class LiveEngine:
     # ---- other threads: send changes (engine/live/requests.py) ---------------------------------------------
     # Each returns the request id that the change's EngineEvent will carry.
 
-    def set(self, path: str, value: Any, seconds: float | None = None, frames: int | None = None) -> int:
-        """Change one parameter (dotted path from the registry); raises DreamwireError on a bad value."""
-        return self._requests.set(path, value, seconds, frames)
+    # A duration is seconds, frames, beats or bars (engine/live/tempo.py); quantize ("beat", "bar", "2bars",
+    # "4bars"; None: tempo.quantize) holds the change until that moment minus tempo.latency_ms.
+
+    def set(self, path: str, value: Any, seconds: float | None = None, frames: int | None = None, **timing: Any) -> int:
+        """Change one parameter (dotted path from the registry); raises DreamwireError on a bad value.
+        timing: beats=, bars=, quantize=."""
+        return self._requests.set(path, value, seconds, frames, **timing)
 
     def blend_prompts(
         self,
@@ -130,15 +138,16 @@ class LiveEngine:
         method: Literal["linear", "slerp"] = "slerp",
         seconds: float | None = None,
         frames: int | None = None,
+        **timing: Any,
     ) -> int:
         """Blend the embeddings of several prompts by weight (normalised), at once or over a duration."""
-        return self._requests.blend_prompts(items, method, seconds, frames)
+        return self._requests.blend_prompts(items, method, seconds, frames, **timing)
 
     def blend_seeds(
-        self, items: Sequence[tuple[int, float]], seconds: float | None = None, frames: int | None = None
+        self, items: Sequence[tuple[int, float]], seconds: float | None = None, frames: int | None = None, **timing: Any
     ) -> int:
         """Blend the fixed noise of several seeds by weight (slerp), at once or over a duration."""
-        return self._requests.blend_seeds(items, seconds, frames)
+        return self._requests.blend_seeds(items, seconds, frames, **timing)
 
     def pause(self, paused: bool = True) -> int:
         return self._requests.pause(paused)
@@ -170,7 +179,8 @@ class LiveEngine:
         last_thread_error) and the status_sources' numbers, for the OSC bridge and the CLI."""
         extra = {key: value for source in self.status_sources for key, value in source().items()}
         state = {"paused": self.paused, "rebuilding": self.rebuilding, "step_failures": self._step_failures}
-        return {**self.metrics.snapshot(), **state, **default_supervisor().snapshot(), **extra}
+        tempo = self.tempo.status()  # bpm, beat, peers, quantised changes held, LFOs (engine/live/tempo.py)
+        return {**self.metrics.snapshot(), **state, **tempo, **default_supervisor().snapshot(), **extra}
 
     @property
     def rebuilding(self) -> bool:
@@ -179,7 +189,13 @@ class LiveEngine:
     @property
     def busy(self) -> bool:
         """Something is still to happen without a new request: queued, encoding, rebuilding or moving."""
-        return not self.controls.empty() or self.prompts.encoding() or self.rebuilding or len(self.transitions) > 0
+        return (
+            not self.controls.empty()
+            or self.prompts.encoding()
+            or self.rebuilding
+            or len(self.transitions) > 0
+            or len(self.tempo.quantiser) > 0
+        )
 
     # ---- the parts, for tools and tests -----------------------------------------------------------------------
 
@@ -225,11 +241,18 @@ class LiveEngine:
         self.inputs.woken()
         self.rebuilds.poll()
         self._report_superseded()
+        for control in self.tempo.quantiser.due():  # quantised changes whose beat (minus the lookahead) has come
+            if self.rebuilds.waits(control):
+                self.controls.put(control)  # its moment has passed: applied as soon as the rebuild lets it
+            else:
+                self.changes.apply_guarded(control)
         deadline = time.perf_counter() + DRAIN_BUDGET
         for _ in range(MAX_CONTROLS_PER_DRAIN):
             control = self.controls.take(self.rebuilds.waits)
             if control is None:
                 break
+            if self.tempo.quantiser.hold(control):
+                continue
             self.changes.apply_guarded(control)
             if time.perf_counter() > deadline:
                 self.inputs.wake()  # more may be queued: the next step takes only a frame that is already there
@@ -239,6 +262,13 @@ class LiveEngine:
         self._report_superseded()
         self.prompts.poll()
         self.now.advance_transitions()
+        self.tempo.modulators.apply(self.pipeline, self.preset)  # LFOs: straight in, no queue
+
+    def _set_tempo(self, control: SetValue) -> None:
+        """tempo.*: into the beat clock (engine/live/tempo.py)."""
+        self.tempo.apply(control.path, control.value)
+        self.now.store(control)
+        self.events.applied(control, control.value)
 
     def _report_superseded(self) -> None:
         for control, newer in self.controls.take_superseded():
@@ -373,6 +403,8 @@ class LiveEngine:
     def close(self) -> None:
         """Stop the bridges (files are flushed and closed), the encoder and the rebuild thread."""
         self._stopping.set()
+        for control in self.tempo.quantiser.release_all():  # every request ends in one event
+            self.events.superseded(control, "the engine stopped before its beat")
         self.io.close()
         self.control_sources.close()
         self.prompts.close(ENCODER_STOP_TIMEOUT)

@@ -131,6 +131,11 @@ class EngineMetrics:
         self._power_errors = 0  # failed readings since start
         self._power_failing = False  # in a failure streak: the last reading failed
         self._source_state: Callable[[], str] | None = None
+        self._tempo: Callable[[], dict[str, Any]] | None = None
+
+    def set_tempo(self, tempo: Callable[[], dict[str, Any]] | None) -> None:
+        """Where snapshot()'s bpm, beat, quantum and peers come from (engine/live/tempo.py)."""
+        self._tempo = tempo
 
     def set_source_state(self, state: Callable[[], str] | None) -> None:
         """Where snapshot()["source"] comes from: the source worker's state (engine/live/io_threads.py), called on
@@ -184,6 +189,7 @@ class EngineMetrics:
             "power_errors": self._power_errors,
             "frames": frames,
             "source": None if self._source_state is None else self._source_state(),
+            **({} if self._tempo is None else self._tempo()),
         }
 
     def close(self) -> None:
@@ -247,8 +253,19 @@ def status_line(snapshot: Snapshot) -> str:
         f"out {num('fps_out', '.1f')} fps | in {num('fps_in', '.1f')} | "
         f"lat {num('latency_p50_ms', '.0f')}/{num('latency_p95_ms', '.0f')} ms | unet {num('unet_ms', '.1f')} ms | "
         f"skip {skip_s} | drop {num('dropped', 'd')} | {num('power_w', '.0f')} W"
+        + tempo_text(snapshot)
         + ("" if snapshot.get("source") in (None, "ok") else f" | {snapshot['source']}")
     )
+
+
+def tempo_text(snapshot: Snapshot) -> str:
+    """' | 128.0 bpm 3.2' (bar 3, beat 2, counted from 1), with ' 2 peers' on Link; '' without a tempo."""
+    bpm, beat, quantum = snapshot.get("bpm"), snapshot.get("beat"), snapshot.get("quantum")
+    if bpm is None or beat is None or not quantum:
+        return ""
+    whole = math.floor(beat)
+    peers = snapshot.get("peers") or 0
+    return f" | {bpm:.1f} bpm {whole // quantum + 1}.{whole % quantum + 1}" + (f" {peers} peers" if peers else "")
 
 
 class StatusLinePrinter:

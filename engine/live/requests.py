@@ -22,23 +22,35 @@ from engine.live.blending import check_blend_weights
 from engine.live.control_queue import ControlQueue
 from engine.live.controls import BlendPrompts, BlendSeeds, Control, Pause, RequestedValues, Reset, SetValue, spec_of
 from engine.live.targets import MORPHS
-from engine.live.transitions import Duration
+from engine.live.tempo import Tempo
 
 
 class Requests:
     """set / blend_prompts / blend_seeds / pause / reset, from any thread, into `queue`."""
 
-    def __init__(self, preset: Preset, instance: Instance, queue: ControlQueue) -> None:
+    def __init__(self, preset: Preset, instance: Instance, queue: ControlQueue, tempo: Tempo) -> None:
+        self.tempo = tempo  # quantised changes (at_beat) and beat-length transitions
         self.requested = RequestedValues(preset)  # the values asked for (validated), ahead of the engine
         self.queue = queue
         self._instance = instance
         self._lock = threading.Lock()  # request ids, requested values and queue order agree
         self._next_id = 1
 
-    def set(self, path: str, value: Any, seconds: float | None = None, frames: int | None = None) -> int:
+    def set(
+        self,
+        path: str,
+        value: Any,
+        seconds: float | None = None,
+        frames: int | None = None,
+        *,
+        beats: float | None = None,
+        bars: float | None = None,
+        quantize: str | None = None,
+    ) -> int:
         """Change one parameter (dotted path from the registry); raises DreamwireError on a bad value."""
-        duration = Duration(seconds, frames)
+        duration = self.tempo.duration(seconds, frames, beats, bars)
         spec = spec_of(path)
+        at_beat = self.tempo.at_beat(path, quantize)
         if not duration.is_cut and spec.apply not in MORPHS and path not in MORPHS:
             movable = ", ".join(p for p, s in registry().items() if s.apply in MORPHS and not s.item)
             movable += ", controlnets.<i>.scale"
@@ -54,7 +66,7 @@ class Requests:
                     bridges = tuple(open_sink(uri, self._instance) for uri in checked)
                 for uri in _control_inputs(path, checked):  # an external ControlNet's source: checked the same way
                     open_source(uri, self._instance)
-            return self._queue_locked(SetValue(path, checked, duration, bridges, request_id))
+            return self._queue_locked(SetValue(path, checked, duration, bridges, request_id, at_beat))
 
     def blend_prompts(
         self,
@@ -62,27 +74,40 @@ class Requests:
         method: Literal["linear", "slerp"] = "slerp",
         seconds: float | None = None,
         frames: int | None = None,
+        *,
+        beats: float | None = None,
+        bars: float | None = None,
+        quantize: str | None = None,
     ) -> int:
         """Blend the embeddings of several prompts by weight (normalised), at once or over a duration."""
-        duration = Duration(seconds, frames)
+        duration = self.tempo.duration(seconds, frames, beats, bars)
+        at_beat = self.tempo.at_beat("prompt.blend", quantize)
         pairs = _pairs("prompt.blend", items)
         weights = check_blend_weights("prompt.blend", [w for _, w in pairs])
         if method not in ("linear", "slerp"):
             raise DreamwireError(f"prompt.blend method {method!r} is unknown (allowed: linear, slerp)")
         texts = [self.requested.validate("prompt.text", text, keep=False) for text, _ in pairs]
         blend = tuple(zip(texts, weights, strict=True))
-        return self._queue(lambda request_id: BlendPrompts(blend, method, duration, request_id))
+        return self._queue(lambda request_id: BlendPrompts(blend, method, duration, request_id, at_beat))
 
     def blend_seeds(
-        self, items: Sequence[tuple[int, float]], seconds: float | None = None, frames: int | None = None
+        self,
+        items: Sequence[tuple[int, float]],
+        seconds: float | None = None,
+        frames: int | None = None,
+        *,
+        beats: float | None = None,
+        bars: float | None = None,
+        quantize: str | None = None,
     ) -> int:
         """Blend the fixed noise of several seeds by weight (slerp), at once or over a duration."""
-        duration = Duration(seconds, frames)
+        duration = self.tempo.duration(seconds, frames, beats, bars)
+        at_beat = self.tempo.at_beat("seed.blend", quantize)
         pairs = _pairs("seed.blend", items)
         weights = check_blend_weights("seed.blend", [w for _, w in pairs])
         seeds = [self.requested.validate("prompt.seed", seed, keep=False) for seed, _ in pairs]
         blend = tuple(zip(seeds, weights, strict=True))
-        return self._queue(lambda request_id: BlendSeeds(blend, duration, request_id))
+        return self._queue(lambda request_id: BlendSeeds(blend, duration, request_id, at_beat))
 
     def pause(self, paused: bool = True) -> int:
         if paused not in (True, False):  # True, False, 1, 0

@@ -1,0 +1,216 @@
+"""LFOs on live numeric parameters: sine, triangle, saw, square and random-hold, at a rate in beats or bars (the
+period, synced to the beat clock) or in Hz, with a depth in the parameter's own units.
+
+    value = clamp(base + depth · wave(phase), the registry's min, max)
+
+`base` is the parameter's value in effect (a change to it moves the LFO's centre); the result never leaves the
+parameter's range. Modulators are set and removed from any thread (a whole new tuple swapped in, no queue), and
+applied by the engine thread once per frame boundary straight into the pipeline: they are not requests, so they
+send no events and never fill the control queue. The value in effect (`engine.preset`) stays the base.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from engine.config.registry import ParamSpec, registry
+from engine.core.errors import DreamwireError
+from engine.live.beat_clock import BeatClock
+from engine.live.targets import MORPHS
+from engine.pipeline.stream import StreamPipeline
+
+Shape = Literal["sine", "triangle", "saw", "square", "random"]
+Unit = Literal["beats", "bars", "hz"]
+SHAPES: tuple[str, ...] = get_args(Shape)
+UNITS: tuple[str, ...] = get_args(Unit)
+# Rate ranges: a period of 1/4 beat to 16 bars, or a frequency in Hz.
+RATE_RANGES: dict[str, tuple[float, float]] = {"beats": (0.25, 64.0), "bars": (0.0625, 16.0), "hz": (0.001, 30.0)}
+MAX_MODULATORS = 32
+LAYERS = 8  # LFOs per parameter (layer 0-7), their swings added before the clamp
+
+
+def wave(shape: str, phase: float, cycle: int = 0) -> float:
+    """The shape at `phase` in [0, 1) of cycle number `cycle`, in [-1, 1]. random holds one value per cycle."""
+    if shape == "sine":
+        return math.sin(2.0 * math.pi * phase)
+    if shape == "triangle":
+        return 1.0 - 4.0 * abs(phase - 0.5)  # -1 at 0, +1 at 1/2
+    if shape == "saw":
+        return 2.0 * phase - 1.0
+    if shape == "square":
+        return 1.0 if phase < 0.5 else -1.0
+    return hold_random(cycle)
+
+
+def hold_random(cycle: int) -> float:
+    """A repeatable pseudo-random value in [-1, 1] for a cycle number (a hash, no generator state)."""
+    x = math.sin(cycle * 12.9898 + 78.233) * 43758.5453
+    return 2.0 * (x - math.floor(x)) - 1.0
+
+
+@dataclass(frozen=True)
+class Lfo:
+    path: str
+    shape: str
+    rate: float  # beats or bars: the period; hz: the frequency
+    unit: str
+    depth: float  # in the parameter's units: the value swings base ± depth
+    phase: float = 0.0  # offset in cycles, [0, 1)
+    layer: int = 0  # several LFOs on one parameter: one per layer, added up
+
+    def cycles(self, beat: float, seconds: float, quantum: int) -> float:
+        """Cycles since beat 0 (beats, bars) or since time 0 (hz)."""
+        if self.unit == "hz":
+            return seconds * self.rate + self.phase
+        period = self.rate * (quantum if self.unit == "bars" else 1)
+        return beat / period + self.phase
+
+    def offset(self, beat: float, seconds: float, quantum: int) -> float:
+        """depth · wave, before clamping."""
+        cycles = self.cycles(beat, seconds, quantum)
+        whole = math.floor(cycles)
+        return self.depth * wave(self.shape, cycles - whole, int(whole))
+
+
+def check_lfo(path: str, shape: str, rate: float, unit: str, depth: float, phase: float = 0.0, layer: int = 0) -> Lfo:
+    """An Lfo, or one DreamwireError naming the bad value."""
+    spec = modulatable().get(path)
+    if spec is None:
+        raise DreamwireError(f"LFO on {path!r}: not a live numeric parameter (these can: {', '.join(modulatable())})")
+    if shape not in SHAPES:
+        raise DreamwireError(f"LFO shape {shape!r} is unknown (allowed: {', '.join(SHAPES)})")
+    if unit not in UNITS:
+        raise DreamwireError(f"LFO rate unit {unit!r} is unknown (allowed: {', '.join(UNITS)})")
+    low, high = RATE_RANGES[unit]
+    if not _number(rate) or not low <= rate <= high:
+        raise DreamwireError(f"LFO rate {rate!r} {unit} is not in [{low:g}, {high:g}]")
+    span = (spec.maximum or 0.0) - (spec.minimum or 0.0)
+    if not _number(depth) or not 0.0 <= depth <= span:
+        raise DreamwireError(f"LFO depth {depth!r} for {path} is not in [0, {span:g}] (the parameter's range)")
+    if not _number(phase) or not 0.0 <= phase < 1.0:
+        raise DreamwireError(f"LFO phase {phase!r} is not in [0, 1)")
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < LAYERS:
+        raise DreamwireError(f"LFO layer {layer!r} is not a whole number in [0, {LAYERS - 1}]")
+    return Lfo(path, shape, float(rate), unit, float(depth), float(phase), layer)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# How a modulated value reaches the pipeline, by the parameter's `apply` name (engine/config/schema.py). The
+# schedule (num_inference_steps) is left out: its t_index_list must stay in range.
+def _set_filter(pipeline: StreamPipeline, spec: ParamSpec, value: float, preset: Any) -> None:
+    config = preset.filter.model_copy()
+    setattr(config, spec.path.split(".")[1], value)
+    pipeline.set_filter(config, seed=preset.prompt.seed)
+
+
+SETTERS: dict[str, Callable[[StreamPipeline, ParamSpec, float, Any], None]] = {
+    "guidance": lambda pipeline, spec, value, preset: MORPHS["guidance"].set(pipeline, value),
+    "delta": lambda pipeline, spec, value, preset: MORPHS["delta"].set(pipeline, value),
+    "noise": lambda pipeline, spec, value, preset: pipeline.set_seed(int(value)),
+    "filter": _set_filter,
+}
+
+
+def modulatable() -> dict[str, ParamSpec]:
+    """The live numeric parameters an LFO can move."""
+    return {
+        path: spec
+        for path, spec in registry().items()
+        if spec.live and spec.kind in ("int", "float") and spec.apply in SETTERS and spec.maximum is not None
+    }
+
+
+def modulated(lfos: Lfo | Sequence[Lfo], base: float, beat: float, seconds: float, quantum: int) -> float:
+    """A parameter's value under its LFOs (one, or the layers of one parameter, their swings added): clamped to the
+    parameter's range, rounded for an int parameter."""
+    layered = (lfos,) if isinstance(lfos, Lfo) else lfos
+    spec = registry()[layered[0].path]
+    value = base
+    for lfo in layered:
+        value += lfo.offset(beat, seconds, quantum)
+    value = min(max(value, spec.minimum or 0.0), spec.maximum or 0.0)
+    return float(round(value)) if spec.kind == "int" else value
+
+
+class Modulators:
+    """The running LFOs, by parameter (up to LAYERS each); see the module docstring."""
+
+    def __init__(self, clock: BeatClock) -> None:
+        self.clock = clock
+        # path -> its LFOs by layer; replaced whole on every change: the engine thread reads it without a lock
+        self._lfos: dict[str, tuple[Lfo, ...]] = {}
+        self._removed: tuple[str, ...] = ()  # parameters back to their base on the next frame
+        self._last: dict[str, float] = {}  # engine thread: the value last set (an int parameter is set on change)
+        self._lock = threading.Lock()
+
+    def set(self, lfo: Lfo) -> None:
+        """Start an LFO, or replace the one on the same parameter and layer."""
+        with self._lock:
+            others = tuple(item for item in self._lfos.get(lfo.path, ()) if item.layer != lfo.layer)
+            if len(others) == len(self._lfos.get(lfo.path, ())) and len(self) >= MAX_MODULATORS:
+                raise DreamwireError(f"LFO on {lfo.path}: at most {MAX_MODULATORS} LFOs run at once")
+            layered = tuple(sorted((*others, lfo), key=lambda item: item.layer))
+            self._lfos = {**self._lfos, lfo.path: layered}
+
+    def remove(self, path: str, layer: int | None = None) -> bool:
+        """Remove a parameter's LFOs (or one layer's); False when there was none."""
+        with self._lock:
+            running = self._lfos.get(path, ())
+            left = () if layer is None else tuple(item for item in running if item.layer != layer)
+            if len(left) == len(running):
+                return False
+            lfos = {key: value for key, value in self._lfos.items() if key != path}
+            if left:
+                lfos[path] = left
+            else:
+                self._removed = (*self._removed, path)
+            self._lfos = lfos
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._removed = (*self._removed, *self._lfos)
+            self._lfos = {}
+
+    @property
+    def running(self) -> dict[str, tuple[Lfo, ...]]:
+        return self._lfos
+
+    def __len__(self) -> int:
+        return sum(len(layered) for layered in self._lfos.values())
+
+    def apply(self, pipeline: StreamPipeline, preset: Any) -> None:
+        """Engine thread, once per frame boundary: every LFO's value into the pipeline; a removed one's base."""
+        lfos, removed = self._lfos, self._removed
+        if removed:
+            with self._lock:
+                removed, self._removed = self._removed, ()
+            for path in removed:
+                if path not in lfos:
+                    self._last.pop(path, None)
+                    self._put(pipeline, registry()[path], _base(preset, path), preset)
+        if not lfos:
+            return
+        seconds = self.clock.now()
+        beat, quantum = self.clock.beat_at(seconds), self.clock.quantum
+        for path, layered in lfos.items():
+            spec = registry()[path]
+            self._put(pipeline, spec, modulated(layered, _base(preset, path), beat, seconds, quantum), preset)
+
+    def _put(self, pipeline: StreamPipeline, spec: ParamSpec, value: float, preset: Any) -> None:
+        if spec.kind == "int" and self._last.get(spec.path) == value:
+            return  # a seed set again would draw its noise again
+        self._last[spec.path] = value
+        SETTERS[spec.apply](pipeline, spec, value, preset)
+
+
+def _base(preset: Any, path: str) -> float:
+    section, name = path.split(".")
+    return float(getattr(getattr(preset, section), name))
