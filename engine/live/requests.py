@@ -82,12 +82,9 @@ class Requests:
         """Blend the embeddings of several prompts by weight (normalised), at once or over a duration."""
         duration = self.tempo.duration(seconds, frames, beats, bars)
         at_beat = self.tempo.at_beat("prompt.blend", quantize)
-        pairs = _pairs("prompt.blend", items)
-        weights = check_blend_weights("prompt.blend", [w for _, w in pairs])
         if method not in ("linear", "slerp"):
             raise DreamwireError(f"prompt.blend method {method!r} is unknown (allowed: linear, slerp)")
-        texts = [self.requested.validate("prompt.text", text, keep=False) for text, _ in pairs]
-        blend = tuple(zip(texts, weights, strict=True))
+        blend = self._blend("prompt.blend", "prompt.text", items)
         return self._queue(lambda request_id: BlendPrompts(blend, method, duration, request_id, at_beat))
 
     def blend_seeds(
@@ -103,11 +100,15 @@ class Requests:
         """Blend the fixed noise of several seeds by weight (slerp), at once or over a duration."""
         duration = self.tempo.duration(seconds, frames, beats, bars)
         at_beat = self.tempo.at_beat("seed.blend", quantize)
-        pairs = _pairs("seed.blend", items)
-        weights = check_blend_weights("seed.blend", [w for _, w in pairs])
-        seeds = [self.requested.validate("prompt.seed", seed, keep=False) for seed, _ in pairs]
-        blend = tuple(zip(seeds, weights, strict=True))
+        blend = self._blend("seed.blend", "prompt.seed", items)
         return self._queue(lambda request_id: BlendSeeds(blend, duration, request_id, at_beat))
+
+    def _blend(self, what: str, item_path: str, items: Sequence[tuple[Any, float]]) -> tuple[tuple[Any, float], ...]:
+        """A blend's (thing, weight) pairs, each thing checked as `item_path` and the weights as blend weights."""
+        pairs = _pairs(what, items)
+        weights = check_blend_weights(what, [w for _, w in pairs])
+        things = [self.requested.validate(item_path, thing, keep=False) for thing, _ in pairs]
+        return tuple(zip(things, weights, strict=True))
 
     def pause(self, paused: bool = True) -> int:
         if paused not in (True, False):  # True, False, 1, 0
