@@ -116,13 +116,7 @@ def list_items(args: Sequence[Any], split: bool = True) -> list[Any]:
     if len(args) == 1 and isinstance(args[0], str):
         text = args[0].strip()
         if text.startswith("["):
-            try:
-                parsed = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise DreamwireError(f"expects a JSON list, got {text!r} ({error.msg})") from None
-            if not isinstance(parsed, list):
-                raise DreamwireError(f"expects a list, got {text!r}")
-            return parsed
+            return json_list(text)
         return [item for item in re.split(r"[\s,]+", text) if item] if split else [text]
     items: list[Any] = []
     for arg in args:
