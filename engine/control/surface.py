@@ -39,7 +39,7 @@ from engine.control.messages import STATUS, Message, Outlet, blend_text, event_m
 from engine.control.routes import Router
 from engine.control.transition import NextDuration
 from engine.core.errors import DreamwireError
-from engine.core.supervisor import SupervisedThread, default_supervisor, spawn
+from engine.core.supervisor import SupervisedThread, spawn
 from engine.live.events import EngineEvent
 from engine.live.loop import LiveEngine
 
@@ -205,8 +205,9 @@ class ControlSurface:
             self.emit(messages)
 
     def status_values(self) -> dict[str, Any]:
-        """The engine's status (transports add their counters to engine.status_sources) and the supervisor's."""
-        return {**default_supervisor().snapshot(), **self.engine.status()}
+        """The engine's status: its own numbers, the supervisor's, and the counters transports add to
+        engine.status_sources."""
+        return self.engine.status()
 
     def status_messages(self) -> list[Message]:
         """The numeric status for OSC In CHOP (unknown values are left out), and the prompt when it changed."""
