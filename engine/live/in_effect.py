@@ -39,7 +39,9 @@ class InEffect:
         self.noise_source: NoiseSource = SetValue("prompt.seed", preset.prompt.seed)
 
     def store(self, control: SetValue) -> None:
-        """The value is now in effect."""
+        """The value is now in effect (an LFO's value is not: the base stays)."""
+        if control.modulated:
+            return
         paths.store(self.preset, control.path, control.value)
 
     def move(self, name: str, target: Value, control: SetValue | BlendPrompts | BlendSeeds) -> None:

@@ -262,7 +262,7 @@ class LiveEngine:
         self._report_superseded()
         self.prompts.poll()
         self.now.advance_transitions()
-        self.tempo.modulators.apply(self.pipeline, self.preset)  # LFOs: straight in, no queue
+        self.tempo.modulators.apply(self.preset, self.changes.modulate)  # LFOs: no queue, no events
 
     def _set_tempo(self, control: SetValue) -> None:
         """tempo.*: into the beat clock (engine/live/tempo.py)."""
