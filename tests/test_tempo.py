@@ -144,16 +144,41 @@ def test_a_quantised_prompt_blend_and_seed_blend_wait_for_their_beat(engine):
     assert not live.pipeline.noise.equal(noise)
 
 
-def test_transitions_take_beats_and_bars_at_the_tempo_they_are_sent_at(engine):
+def test_transitions_take_beats_and_bars_in_beats(engine):
     live = engine()
     fake_clock(live, bpm=90.0)
-    assert live.tempo.duration(None, None, beats=3).seconds == pytest.approx(2.0)
-    assert live.tempo.duration(None, None, bars=1).seconds == pytest.approx(4 * 60 / 90)
+    assert live.tempo.duration(None, None, beats=3).beats == 3.0
+    assert live.tempo.duration(None, None, bars=1).beats == 4.0  # the quantum when it is sent
+    with pytest.raises(DreamwireError, match=r"transition beats 9000 lasts 6000 s, over 3600 s"):
+        live.tempo.duration(None, None, beats=9000)
     with pytest.raises(DreamwireError, match="one of seconds, frames, beats or bars"):
         live.set("prompt.guidance", 2.0, seconds=1.0, beats=2)
     live.set("prompt.guidance", 2.0, beats=2)
     live.apply_pending_controls()
     assert "guidance" in live.transitions
+
+
+def test_a_beat_length_transition_keeps_its_beats_through_a_tempo_change_and_ends_on_the_beat_it_named(engine):
+    live = engine()
+    now = fake_clock(live)  # 120 bpm, beat 0 now
+    live.set("prompt.delta", 3.0, beats=4)  # from 1.0: ends on beat 4
+    live.apply_pending_controls()
+    assert "delta" in live.transitions
+    now.t = live.tempo.clock.time_of(2.0)  # half way: 1 s
+    live.apply_pending_controls()
+    assert live.pipeline.delta == pytest.approx(2.0)
+    set_now(live, "tempo.bpm", 60.0)  # half the tempo: beat 4 is now 2 s away, not 1 s
+    assert live.tempo.clock.beat_at() == pytest.approx(2.0)
+    now.t += 1.0  # beat 3: still moving (at the tempo it was sent at, it would have ended here)
+    live.apply_pending_controls()
+    assert live.pipeline.delta == pytest.approx(2.5) and "delta" in live.transitions
+    now.t += 0.99  # just before beat 4
+    live.apply_pending_controls()
+    assert live.pipeline.delta < 3.0 and "delta" in live.transitions
+    now.t += 0.01  # beat 4: the end
+    live.apply_pending_controls()
+    assert live.pipeline.delta == 3.0 and "delta" not in live.transitions
+    assert live.tempo.clock.beat_at() == pytest.approx(4.0)
 
 
 # ---- LFOs -------------------------------------------------------------------------------------------------------

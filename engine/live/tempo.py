@@ -43,8 +43,9 @@ class Tempo:
     def duration(
         self, seconds: float | None, frames: int | None, beats: float | None = None, bars: float | None = None
     ) -> Duration:
-        """A transition's length; beats and bars become seconds at the tempo now (a later tempo change does not
-        stretch a running transition)."""
+        """A transition's length; bars become beats at the quantum now. A length in beats runs on the beat clock:
+        a tempo change while it runs moves its end with the beat (its length in seconds at the tempo now is
+        checked against MAX_SECONDS)."""
         given = [name for name, value in (("beats", beats), ("bars", bars)) if value is not None]
         if not given:
             return Duration(seconds, frames)
@@ -60,7 +61,7 @@ class Tempo:
         seconds = self.clock.seconds(in_beats)
         if seconds > MAX_SECONDS:
             raise DreamwireError(f"transition {given[0]} {length!r} lasts {seconds:.0f} s, over {MAX_SECONDS:g} s")
-        return Duration(seconds=seconds)
+        return Duration(beats=in_beats)
 
     def tap(self) -> float | None:
         """A tap (now): the beat lands on it; the tempo from the taps so far, None until the second."""
