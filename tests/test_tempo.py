@@ -11,6 +11,7 @@ import time
 import pytest
 from test_osc import NS, rig  # noqa: F401
 
+from engine.control.midi_clock import MidiClock
 from engine.core.errors import DreamwireError
 from engine.live.beat_clock import BeatClock, TapTempo
 from engine.live.loop import LiveEngine
@@ -290,6 +291,23 @@ def test_tempo_lfo_and_beat_transitions_over_osc_and_the_status_addresses(rig):
     r.controller.send(f"{NS}/lfo/remove", "/prompt/guidance")
     r.controller.send(f"{NS}/lfo/remove", "/prompt/guidance")
     assert r.controller.sync(r.feedback) == [f"{NS}/lfo/remove: prompt.guidance has no LFO"]
+
+
+def test_get_tempo_bpm_over_udp_answers_the_live_tempo_of_the_source_not_the_last_value_set(rig):
+    r = rig()
+    assert r.get(f"{NS}/tempo/bpm") == [120.0]
+    clock = r.engine.tempo.clock
+    pulses = MidiClock(clock)  # tempo.source midi_clock: 24 pulses a beat at 100 bpm
+    for pulse in range(25):
+        pulses.pulse(1000.0 + pulse * 60.0 / 100.0 / 24)
+    assert r.get(f"{NS}/tempo/bpm") == [100.0] and r.get("/tempo/bpm") == [100.0]
+    clock.follow(bpm=133.25)  # a Link session's tempo
+    assert r.get(f"{NS}/tempo/bpm") == [133.25]
+    assert r.engine.preset.tempo.bpm == 120.0  # the last value set is still the preset's
+    r.controller.send(f"{NS}/tempo/bpm", 90.0)  # a tempo set here is the live one until a source moves it
+    assert r.controller.sync(r.feedback) == []
+    r.apply()
+    assert r.get(f"{NS}/tempo/bpm") == [90.0]
 
 
 def test_tap_tempo_over_osc_sets_the_bpm(rig):

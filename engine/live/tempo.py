@@ -83,6 +83,13 @@ class Tempo:
             self.clock.latency_s = value / 1000.0
         quantize_beats(self.config.quantize, self.clock.quantum)  # a known setting (the schema checked it)
 
+    def live_value(self, path: str) -> Any:
+        """A tempo.* value as the clock has it now, where a source moves it past the last value set (tempo.bpm:
+        Link's session, MIDI clock, taps); None for any other path (its value in effect is the preset's)."""
+        if path == "tempo.bpm":
+            return round(self.clock.bpm, 3)  # the clock's is a mean of pulse intervals: no false precision
+        return None
+
     def status(self) -> dict[str, Any]:
         clock = self.clock
         return {
