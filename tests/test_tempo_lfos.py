@@ -100,6 +100,23 @@ def test_an_lfo_on_a_controlnet_scale_and_on_strength_moves_the_value_in_effect_
         engine.close()
 
 
+def test_an_lfo_on_the_seed_sets_whole_seeds_and_draws_the_noise_only_when_the_seed_changes(engine):
+    live = engine()
+    now = FakeTime()
+    live.tempo.clock.now = now
+    live.tempo.clock.follow(bpm=120.0, beat=0.0)
+    live.tempo.modulators.set(check_lfo("prompt.seed", "square", 1.0, "beats", 4.0))  # 3 → 7, then 0 (clamped)
+    noises = []
+    for beat in (0.1, 0.2, 0.6, 0.7):
+        now.t = live.tempo.clock.time_of(beat)
+        live.apply_pending_controls()
+        noises.append(live.pipeline.noise.clone())
+    assert live.tempo.modulators.running  # not dropped: an int parameter gets an int
+    assert noises[0].equal(noises[1]) and noises[2].equal(noises[3])  # the same seed: the same noise
+    assert not noises[1].equal(noises[2])
+    assert noises[0].equal(live.pipeline.noise_for_seed(7)) and noises[2].equal(live.pipeline.noise_for_seed(0))
+
+
 def test_two_lfos_on_one_controlnet_both_land(tiny_taesd_models: Models):
     """start and end are set together on the running net: one must not put the other back to its base."""
     engine = LiveEngine(with_controlnets(TINY_NET), models=Models(**{**tiny_taesd_models.__dict__, "loaded": {}}))

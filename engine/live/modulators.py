@@ -193,7 +193,7 @@ def modulated(lfos: Lfo | Sequence[Lfo], base: float, beat: float, seconds: floa
     for lfo in layered:
         value += lfo.offset(beat, seconds, quantum)
     value = min(max(value, spec.minimum or 0.0), spec.maximum or 0.0)
-    return float(round(value)) if spec.kind == "int" else value
+    return round(value) if spec.kind == "int" else value
 
 
 class Modulators:
