@@ -195,6 +195,22 @@ def test_picking_a_preset_applies_it_and_a_refused_one_says_why_next_to_the_pick
     )
 
 
+def test_the_tempo_panel_follows_status_bpm_and_its_beat_indicator_runs(page, stage):
+    stage.engine.tempo.clock.follow(bpm=97.5)  # as Link or MIDI clock move it: only /status/bpm carries it
+    page.wait("document.getElementById('tempo').dataset.bpm === '97.5'", what="/status/bpm 97.5 in the panel")
+    assert page.js("document.getElementById('tempo-bpm').textContent") == "97.5 bpm"
+    assert page.js("document.getElementById('tempo').dataset.peers") == "0"
+    assert page.js("document.querySelectorAll('#tempo-dots span').length") == stage.engine.preset.tempo.quantum
+    assert page.js("document.querySelectorAll('#tempo-dots span.on').length") == 1  # the beat now, lit
+    assert page.js("/^[0-9]+[.][1-4]$/.test(document.getElementById('tempo-beat').textContent)")  # bar.beat
+    first = page.js("document.getElementById('tempo').dataset.dot")
+    page.wait(f"document.getElementById('tempo').dataset.dot !== {json.dumps(first)}", what="the next beat lit")
+    # in its own panel, not among the other status numbers
+    assert "bpm" not in page.js("document.getElementById('osc-status').textContent")
+    stage.send(f"{NS}/tempo/bpm", 120.0)
+    page.wait("document.getElementById('tempo').dataset.bpm === '120'", what="/tempo/bpm 120 from UDP")
+
+
 def test_screenshot_of_the_page(page, stage):
     focus(page, NS + "/prompt/guidance", "input[type=number]")  # an error next to its control, for the picture
     page.type_text("25")

@@ -55,6 +55,89 @@ def test_the_session_drives_the_clock_and_a_tempo_set_here_leads_the_session_fak
     assert not link.enabled and clock.peers == 0
 
 
+class Session:
+    """Another app's running Link session: its tempo and how many peers a joining app finds."""
+
+    def __init__(self, bpm: float, peers: int) -> None:
+        self.tempo, self.peers = bpm, peers
+
+
+class JoiningLink:
+    """What LinkSource uses of aalink.Link, joining `session`, with aalink issue #7's pitfall: enabled less than
+    PITFALL_S after it was created, it pushes its constructor's tempo onto the session (0.2 s was reported to do
+    that, 0.5 s not to)."""
+
+    PITFALL_S = 0.5
+
+    def __init__(self, bpm: float, session: Session) -> None:
+        self.session, self._own, self._enabled = session, bpm, False
+        self.created = time.perf_counter()
+        self.quantum, self.beat, self.pushed = 1.0, 0.0, False
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        if value and not self._enabled and time.perf_counter() - self.created < self.PITFALL_S:
+            self.session.tempo, self.pushed = self._own, True
+        self._enabled = value
+
+    @property
+    def num_peers(self) -> int:
+        return self.session.peers if self._enabled else 0
+
+    @property
+    def tempo(self) -> float:
+        return self.session.tempo if self._enabled else self._own
+
+    @tempo.setter
+    def tempo(self, bpm: float) -> None:
+        if self._enabled:
+            self.session.tempo = bpm
+        else:
+            self._own = bpm
+
+
+def join(session: Session, clock: BeatClock, **timing: float) -> tuple[LinkSource, list[JoiningLink]]:
+    links: list[JoiningLink] = []
+    source = LinkSource(clock, factory=lambda bpm: links.append(JoiningLink(bpm, session)) or links[-1], **timing)
+    return source.start(), links
+
+
+def test_joining_a_running_session_adopts_its_tempo_and_never_pushes_ours_fake_link():
+    session, clock = Session(97.0, peers=1), BeatClock(120.0, 4)
+    source, links = join(session, clock)  # the default delay before enabling (aalink #7's workaround)
+    try:
+        clock.set_bpm(150.0)  # a tempo set here before the join: not for a running session
+        assert source.joined.wait(10)
+        assert links[0].enabled and not links[0].pushed  # enabled late enough: the pitfall did not strike
+        wait_for(lambda: clock.bpm == 97.0 and clock.peers == 1)
+        assert session.tempo == 97.0  # the session's tempo is kept: neither our start tempo nor the 150
+        clock.set_bpm(141.0)  # after the join, a tempo set here leads
+        wait_for(lambda: session.tempo == 141.0)
+    finally:
+        source.close()
+    early, links = join(Session(97.0, peers=1), BeatClock(120.0, 4), enable_delay_s=0.0, join_s=0.05)
+    try:  # the fake's pitfall is real: enabled at once, our 120 overwrote the session's 97
+        assert early.joined.wait(10) and links[0].pushed and links[0].session.tempo == 120.0
+    finally:
+        early.close()
+
+
+def test_alone_a_tempo_set_before_the_join_becomes_the_sessions_fake_link():
+    session, clock = Session(120.0, peers=0), BeatClock(120.0, 4)
+    source, links = join(session, clock, enable_delay_s=0.55, join_s=0.2)
+    try:
+        clock.set_bpm(150.0)
+        assert source.joined.wait(10) and not links[0].pushed
+        wait_for(lambda: session.tempo == 150.0)
+        assert clock.bpm == 150.0 and clock.peers == 0
+    finally:
+        source.close()
+
+
 def wait_for(condition: Any, timeout: float = 10.0) -> None:
     deadline = time.perf_counter() + timeout
     while not condition():

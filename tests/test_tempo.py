@@ -11,6 +11,7 @@ import time
 import pytest
 from test_osc import NS, rig  # noqa: F401
 
+from engine.control.midi_clock import MidiClock
 from engine.core.errors import DreamwireError
 from engine.live.beat_clock import BeatClock, TapTempo
 from engine.live.loop import LiveEngine
@@ -144,16 +145,41 @@ def test_a_quantised_prompt_blend_and_seed_blend_wait_for_their_beat(engine):
     assert not live.pipeline.noise.equal(noise)
 
 
-def test_transitions_take_beats_and_bars_at_the_tempo_they_are_sent_at(engine):
+def test_transitions_take_beats_and_bars_in_beats(engine):
     live = engine()
     fake_clock(live, bpm=90.0)
-    assert live.tempo.duration(None, None, beats=3).seconds == pytest.approx(2.0)
-    assert live.tempo.duration(None, None, bars=1).seconds == pytest.approx(4 * 60 / 90)
+    assert live.tempo.duration(None, None, beats=3).beats == 3.0
+    assert live.tempo.duration(None, None, bars=1).beats == 4.0  # the quantum when it is sent
+    with pytest.raises(DreamwireError, match=r"transition beats 9000 lasts 6000 s, over 3600 s"):
+        live.tempo.duration(None, None, beats=9000)
     with pytest.raises(DreamwireError, match="one of seconds, frames, beats or bars"):
         live.set("prompt.guidance", 2.0, seconds=1.0, beats=2)
     live.set("prompt.guidance", 2.0, beats=2)
     live.apply_pending_controls()
     assert "guidance" in live.transitions
+
+
+def test_a_beat_length_transition_keeps_its_beats_through_a_tempo_change_and_ends_on_the_beat_it_named(engine):
+    live = engine()
+    now = fake_clock(live)  # 120 bpm, beat 0 now
+    live.set("prompt.delta", 3.0, beats=4)  # from 1.0: ends on beat 4
+    live.apply_pending_controls()
+    assert "delta" in live.transitions
+    now.t = live.tempo.clock.time_of(2.0)  # half way: 1 s
+    live.apply_pending_controls()
+    assert live.pipeline.delta == pytest.approx(2.0)
+    set_now(live, "tempo.bpm", 60.0)  # half the tempo: beat 4 is now 2 s away, not 1 s
+    assert live.tempo.clock.beat_at() == pytest.approx(2.0)
+    now.t += 1.0  # beat 3: still moving (at the tempo it was sent at, it would have ended here)
+    live.apply_pending_controls()
+    assert live.pipeline.delta == pytest.approx(2.5) and "delta" in live.transitions
+    now.t += 0.99  # just before beat 4
+    live.apply_pending_controls()
+    assert live.pipeline.delta < 3.0 and "delta" in live.transitions
+    now.t += 0.01  # beat 4: the end
+    live.apply_pending_controls()
+    assert live.pipeline.delta == 3.0 and "delta" not in live.transitions
+    assert live.tempo.clock.beat_at() == pytest.approx(4.0)
 
 
 # ---- LFOs -------------------------------------------------------------------------------------------------------
@@ -265,6 +291,23 @@ def test_tempo_lfo_and_beat_transitions_over_osc_and_the_status_addresses(rig):
     r.controller.send(f"{NS}/lfo/remove", "/prompt/guidance")
     r.controller.send(f"{NS}/lfo/remove", "/prompt/guidance")
     assert r.controller.sync(r.feedback) == [f"{NS}/lfo/remove: prompt.guidance has no LFO"]
+
+
+def test_get_tempo_bpm_over_udp_answers_the_live_tempo_of_the_source_not_the_last_value_set(rig):
+    r = rig()
+    assert r.get(f"{NS}/tempo/bpm") == [120.0]
+    clock = r.engine.tempo.clock
+    pulses = MidiClock(clock)  # tempo.source midi_clock: 24 pulses a beat at 100 bpm
+    for pulse in range(25):
+        pulses.pulse(1000.0 + pulse * 60.0 / 100.0 / 24)
+    assert r.get(f"{NS}/tempo/bpm") == [100.0] and r.get("/tempo/bpm") == [100.0]
+    clock.follow(bpm=133.25)  # a Link session's tempo
+    assert r.get(f"{NS}/tempo/bpm") == [133.25]
+    assert r.engine.preset.tempo.bpm == 120.0  # the last value set is still the preset's
+    r.controller.send(f"{NS}/tempo/bpm", 90.0)  # a tempo set here is the live one until a source moves it
+    assert r.controller.sync(r.feedback) == []
+    r.apply()
+    assert r.get(f"{NS}/tempo/bpm") == [90.0]
 
 
 def test_tap_tempo_over_osc_sets_the_bpm(rig):

@@ -299,7 +299,7 @@ COMMANDS: tuple[Command, ...] = (
         "transition_beats",
         "/transition/beats",
         "f",
-        "Beats for the changes that follow (seconds at the tempo when each is sent).",
+        "Beats for the changes that follow (on the beat clock: a tempo change keeps the end on its beat).",
         transition_beats,
         "f",
         range=lambda: [{"MIN": 0, "MAX": 1024}],

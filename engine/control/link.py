@@ -5,10 +5,14 @@ tap) becomes the session's, so dreamwire can lead as well as follow.
 aalink is asyncio: it runs in its own event loop on its own supervised thread ("dreamwire-link"), which polls the
 session `POLL_HZ` times a second (Link keeps its own time; between polls the beat clock runs on at the tempo).
 
-A known pitfall (aalink issue #7): enabling Link right after creating it sometimes pushes our initial tempo onto
-an existing session instead of adopting the session's. Link is therefore enabled `ENABLE_DELAY_S` after it is
-created (0.2 s was reported not to be enough, 0.5 s was; we take 1 s of margin, on the Link thread), and our
-tempo is only ever proposed when someone here sets one, never at start: joining a session adopts its tempo.
+A known pitfall (aalink issue #7, artfwo/aalink): enabling Link right after creating it sometimes (about one try in
+ten) pushes the tempo given to the constructor onto an existing session instead of adopting the session's. The
+workaround from that thread: a delay between creating Link and enabling it (0.2 s was reported not to be enough,
+0.5 s was); we wait ENABLE_DELAY_S = 1 s, on the Link thread. Then, as Link's test plan asks (TEMPO-2: joining must
+not change a running session's tempo; TEMPO-5: enabling Link alone must not change ours), the first JOIN_S after
+enabling only count peers: nothing is proposed and the clock keeps its own tempo. The join is settled when a peer
+shows up (the session's tempo is adopted, and a tempo set here meanwhile is dropped, with one log line) or when
+JOIN_S passes alone (a tempo set here meanwhile becomes the session's). After that, a tempo set here leads.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from engine.live.beat_clock import BeatClock
 
 log = logging.getLogger(__name__)
 
-ENABLE_DELAY_S = 1.0
+ENABLE_DELAY_S = 1.0  # s between creating Link and enabling it (aalink #7: 0.5 s was enough, 0.2 s was not)
+JOIN_S = 1.0  # s after enabling to find the session's peers before our own tempo may lead
 POLL_HZ = 100.0
 
 
@@ -45,11 +50,13 @@ class LinkSource:
         factory: Callable[[float], Any] | None = None,
         enable_delay_s: float = ENABLE_DELAY_S,
         poll_hz: float = POLL_HZ,
+        join_s: float = JOIN_S,
     ) -> None:
         self.clock = clock
         self.factory = factory or link_factory()
-        self.enable_delay_s, self.poll_hz = enable_delay_s, poll_hz
+        self.enable_delay_s, self.poll_hz, self.join_s = enable_delay_s, poll_hz, join_s
         self.enabled = threading.Event()  # set once Link is enabled (tests wait on it)
+        self.joined = threading.Event()  # set once the join is settled: the session's tempo adopted, or ours
         self._proposed: float | None = None  # a tempo set here, for the session (one float: written whole)
         self._thread: SupervisedThread | None = None
 
@@ -79,10 +86,17 @@ class LinkSource:
         link.enabled = True
         self.enabled.set()
         log.info("Ableton Link enabled (quantum %d)", self.clock.quantum)
+        loop = asyncio.get_running_loop()
+        join_until = loop.time() + self.join_s
         peers = -1
         try:
             while not stop.is_set():
-                self.poll(link)
+                if not self.joined.is_set():
+                    self.clock.peers = int(link.num_peers)
+                    if self.clock.peers > 0 or loop.time() >= join_until:
+                        self.settle(link)
+                if self.joined.is_set():
+                    self.poll(link)
                 if link.num_peers != peers:
                     peers = link.num_peers
                     log.info("Ableton Link: %d peer%s", peers, "" if peers == 1 else "s")
@@ -90,6 +104,21 @@ class LinkSource:
         finally:
             link.enabled = False
             self.enabled.clear()
+            self.joined.clear()
+
+    def settle(self, link: Any) -> None:
+        """The end of the join (see the module docstring): with peers, a tempo set here meanwhile is dropped."""
+        proposed = self._proposed
+        if link.num_peers > 0 and proposed is not None:
+            self._proposed = None
+            log.info(
+                "Ableton Link: joined a session of %d peer(s) at %.2f bpm; the tempo set here before (%.2f) is "
+                "not proposed (joining never changes a running session's tempo)",
+                link.num_peers,
+                float(link.tempo),
+                proposed,
+            )
+        self.joined.set()
 
     def poll(self, link: Any) -> None:
         """One look at the session: our proposal first (so it is not overwritten), then the session's state."""

@@ -190,8 +190,10 @@ class ControlSurface:
         return True
 
     def value(self, path: str) -> Any:
-        """The value in effect (read from another thread: one attribute read, no lock needed)."""
-        return paths.read(self.engine.preset, path)
+        """The value in effect (read from another thread: one attribute read, no lock needed); tempo.bpm is the
+        beat clock's, wherever the tempo comes from (Link, MIDI clock, taps, /tempo/beat)."""
+        live = self.engine.tempo.live_value(path)
+        return paths.read(self.engine.preset, path) if live is None else live
 
     # ---- outgoing -----------------------------------------------------------------------------------------
 

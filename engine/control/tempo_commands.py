@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from engine.config import paths
 from engine.control.coerce import join_text, scalar
 from engine.core.errors import DreamwireError
-from engine.live.modulators import check_lfo
+from engine.live.modulators import DERIVED, check_lfo
 
 Surface = Any  # engine/control/commands.py's Surface protocol (that module imports this one)
 
@@ -58,7 +59,7 @@ def target_path(surface: Surface, address: Any) -> str:
     if "/" not in text:
         return text
     route = surface.router.route(text)
-    if route.command is not None:
+    if route.command is not None and route.target not in DERIVED:  # /strength drives a parameter: it can move
         raise DreamwireError(f"{text} is a command, not a parameter")
     return route.target
 
@@ -72,7 +73,10 @@ def lfo(surface: Surface, args: Sequence[Any]) -> None:
     rate, depth = scalar("float", args[2]), scalar("float", args[4])
     phase = scalar("float", args[5]) if len(args) >= 6 else 0.0
     layer = scalar("int", args[6]) if len(args) == 7 else 0
-    surface.engine.tempo.modulators.set(check_lfo(path, shape, rate, unit, depth, phase, layer))
+    checked = check_lfo(path, shape, rate, unit, depth, phase, layer)
+    if path not in DERIVED:
+        paths.read(surface.engine.preset, path)  # controlnets.<i>.*: the entry exists, or one line saying so
+    surface.engine.tempo.modulators.set(checked)
     surface.reply("/lfo", "/" + path.replace(".", "/"), shape, rate, unit, depth, phase, layer)
 
 

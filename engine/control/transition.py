@@ -31,7 +31,7 @@ class NextDuration:
         self._set("frames", frames)
 
     def set_beats(self, beats: float) -> None:
-        """Beats (or bars, with unit="bars"): seconds at the tempo when each change is sent (engine/live/tempo.py)."""
+        """Beats (or bars): measured on the beat clock while each change moves (engine/live/transitions.py)."""
         self._set_beats("beats", beats)
 
     def set_bars(self, bars: float) -> None:

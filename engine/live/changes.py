@@ -10,9 +10,13 @@ the loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
 
 from engine.config import paths
+from engine.core.errors import DreamwireError
 from engine.live.controls import BlendPrompts, BlendSeeds, Control, Pause, Reset, SetValue, spec_of
 from engine.live.events import one_line
 from engine.live.in_effect import InEffect
@@ -67,6 +71,36 @@ class Changes:
                 self._now.events.applied(control, paused)
             case Reset():
                 self._reset(control)
+
+    def modulate(self, values: Sequence[tuple[str, Any]]) -> list[tuple[str, str]]:
+        """LFO values (engine/live/modulators.py) into the pipeline, through each parameter's handler as a change
+        of it would go, but neither stored nor reported. The handlers read the other fields of a section from a
+        view of the preset holding every LFO value of this frame, so two LFOs on one section (controlnets.0.start
+        and end) both land. (path, why) for each value that failed; a value the schema refuses with this frame's
+        others (start past end) waits for the next frame."""
+        now = self._now
+        base, view = now.preset, now.preset.model_copy()  # shallow: paths.store copies what it changes
+        failed: list[tuple[str, str]] = []
+        landed: list[tuple[str, Any]] = []
+        for path, value in values:
+            try:
+                paths.store(view, path, value)
+            except ValidationError:
+                continue
+            except DreamwireError as error:
+                failed.append((path, one_line(error)))
+                continue
+            landed.append((path, value))
+        now.preset = view
+        try:
+            for path, value in landed:
+                try:
+                    self.handlers[spec_of(path).apply](SetValue(path, value, modulated=True))
+                except Exception as error:  # one LFO's failure is its own: the others still land
+                    failed.append((path, one_line(error)))
+        finally:
+            now.preset = base
+        return failed
 
     def _set_number(self, control: SetValue) -> None:
         """guidance, delta: at once or over the duration."""

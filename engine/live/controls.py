@@ -35,6 +35,7 @@ class SetValue:
     bridges: tuple[Any, ...] = ()  # io.input / io.outputs: the bridges, built (not opened) by the sender
     request_id: int = 0
     at_beat: float | None = None  # quantised: held until this beat (engine/live/quantiser.py); None: next frame
+    modulated: bool = False  # an LFO's value (engine/live/modulators.py): into the pipeline only, not stored, no event
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ class EventHub:
     # ---- a request's outcome: exactly one of these per request ---------------------------------------------
 
     def applied(self, request: Request, value: Any = None) -> None:
+        if getattr(request, "modulated", False):
+            return  # an LFO's value, every frame: no echo
         self.emit(EngineEvent("applied", request.path, value=value, request_id=request.request_id))
 
     def refused(self, request: Request, why: str) -> None:

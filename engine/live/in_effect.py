@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from engine.config import paths
 from engine.config.schema import Preset
@@ -29,6 +30,7 @@ class InEffect:
         self.paused = False
         self.frame_number = 0  # output frames produced
         self.transitions = TransitionSet()
+        self.beat_now: Callable[[], float] = lambda: 0.0  # the beat clock's beat (the engine sets its own)
         self._moving: dict[str, Control] = {}  # transition name -> the request that started it
         # What the embeddings and the noise are made of: the last change applied to each (a text or a blend, a
         # seed or a seed blend). A fresh prepare with these and the preset gives the pipeline's tensors.
@@ -39,7 +41,9 @@ class InEffect:
         self.noise_source: NoiseSource = SetValue("prompt.seed", preset.prompt.seed)
 
     def store(self, control: SetValue) -> None:
-        """The value is now in effect."""
+        """The value is now in effect (an LFO's value is not: the base stays)."""
+        if control.modulated:
+            return
         paths.store(self.preset, control.path, control.value)
 
     def move(self, name: str, target: Value, control: SetValue | BlendPrompts | BlendSeeds) -> None:
@@ -50,7 +54,9 @@ class InEffect:
             morph.set(self.pipeline, target)
         else:
             start = morph.get(self.pipeline)
-            self.transitions.start(name, start, target, duration.seconds, duration.frames, interp=morph.interp)
+            self.transitions.start(
+                name, start, target, duration.seconds, duration.frames, interp=morph.interp, beats=duration.beats
+            )
             self._moving[name] = control
 
     def effective(self, name: str) -> Value:
@@ -64,7 +70,8 @@ class InEffect:
             MORPHS[name].set(self.pipeline, target)
 
     def advance_transitions(self) -> None:
-        for name, value in self.transitions.advance(time.perf_counter(), self.frame_number).items():
+        moving = self.transitions.advance(time.perf_counter(), self.frame_number, self.beat_now())
+        for name, value in moving.items():
             try:
                 MORPHS[name].set(self.pipeline, value)
             except Exception as error:  # stop this transition where it is; the others go on

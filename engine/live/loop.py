@@ -79,6 +79,7 @@ class LiveEngine:
         self.events = EventHub()  # applied changes and errors, for OSC feedback
         self._frame_listeners: tuple[FrameListener, ...] = ()
         self.now = InEffect(preset, models or load_models(preset.model), self.events)
+        self.now.beat_now = self.tempo.clock.beat_at  # transitions in beats run on the beat clock
         self._stopping = threading.Event()  # set by stop() from any thread (a signal handler too)
         self.io = IoBridges(self._stream_size, self._stopping, self.metrics.on_input_frame)
         self.metrics.set_source_state(self.io.source_state)
@@ -262,7 +263,7 @@ class LiveEngine:
         self._report_superseded()
         self.prompts.poll()
         self.now.advance_transitions()
-        self.tempo.modulators.apply(self.pipeline, self.preset)  # LFOs: straight in, no queue
+        self.tempo.modulators.apply(self.preset, self.changes.modulate)  # LFOs: no queue, no events
 
     def _set_tempo(self, control: SetValue) -> None:
         """tempo.*: into the beat clock (engine/live/tempo.py)."""

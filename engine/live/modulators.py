@@ -5,23 +5,33 @@ period, synced to the beat clock) or in Hz, with a depth in the parameter's own 
 
 `base` is the parameter's value in effect (a change to it moves the LFO's centre); the result never leaves the
 parameter's range. Modulators are set and removed from any thread (a whole new tuple swapped in, no queue), and
-applied by the engine thread once per frame boundary straight into the pipeline: they are not requests, so they
-send no events and never fill the control queue. The value in effect (`engine.preset`) stays the base.
+applied by the engine thread once per frame boundary, through the same handler as a change of the parameter
+(engine/live/changes.py Changes.modulate): they are not requests, so they send no events and never fill the
+control queue. The value in effect (`engine.preset`) stays the base.
+
+Which numbers can be moved is read off the registry (see REFUSED), so a section added later gets LFOs with no
+change here. `strength` (img2img strength, engine/live/strength.py) is a derived number: it drives
+stream.t_index_list, whose change rebuilds the schedule's tables (small tensors, in place: no pipeline rebuild),
+so it is set only when the list changes and at most every SCHEDULE_INTERVAL_S.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Literal, get_args
 
+from engine.config import paths
 from engine.config.registry import ParamSpec, registry
 from engine.core.errors import DreamwireError
 from engine.live.beat_clock import BeatClock
-from engine.live.targets import MORPHS
-from engine.pipeline.stream import StreamPipeline
+from engine.live.strength import strength_to_t_index_list, t_index_list_to_strength
+
+log = logging.getLogger(__name__)
 
 Shape = Literal["sine", "triangle", "saw", "square", "random"]
 Unit = Literal["beats", "bars", "hz"]
@@ -80,7 +90,7 @@ def check_lfo(path: str, shape: str, rate: float, unit: str, depth: float, phase
     """An Lfo, or one DreamwireError naming the bad value."""
     spec = modulatable().get(path)
     if spec is None:
-        raise DreamwireError(f"LFO on {path!r}: not a live numeric parameter (these can: {', '.join(modulatable())})")
+        raise DreamwireError(refusal(path))
     if shape not in SHAPES:
         raise DreamwireError(f"LFO shape {shape!r} is unknown (allowed: {', '.join(SHAPES)})")
     if unit not in UNITS:
@@ -102,41 +112,88 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# How a modulated value reaches the pipeline, by the parameter's `apply` name (engine/config/schema.py). The
-# schedule (num_inference_steps) is left out: its t_index_list must stay in range.
-def _set_filter(pipeline: StreamPipeline, spec: ParamSpec, value: float, preset: Any) -> None:
-    config = preset.filter.model_copy()
-    setattr(config, spec.path.split(".")[1], value)
-    pipeline.set_filter(config, seed=preset.prompt.seed)
+# Which live numbers an LFO can move is read off the registry (engine/config/registry.py): every live int or float
+# with a range, whatever section it is in (controlnets.<i>.scale, and any number a later section adds), applied
+# through the same handler as a change of it (engine/live/changes.py Changes.modulate). Refused, by `apply` name:
+REFUSED: dict[str, str] = {
+    "schedule": "it moves the schedule that t_index_list indexes and could push it out of range (an LFO on "
+    "`strength` moves the schedule within range)",
+    "tempo": "it is the beat clock that the LFOs follow",
+}
+SCHEDULE_INTERVAL_S = 0.05  # strength: at most one schedule change (a table rebuild) per 50 ms, 20 a second
 
 
-SETTERS: dict[str, Callable[[StreamPipeline, ParamSpec, float, Any], None]] = {
-    "guidance": lambda pipeline, spec, value, preset: MORPHS["guidance"].set(pipeline, value),
-    "delta": lambda pipeline, spec, value, preset: MORPHS["delta"].set(pipeline, value),
-    "noise": lambda pipeline, spec, value, preset: pipeline.set_seed(int(value)),
-    "filter": _set_filter,
+@dataclass(frozen=True)
+class Derived:
+    """A number that is not a registry parameter but drives one: `strength` drives stream.t_index_list."""
+
+    spec: ParamSpec
+    target: str  # the registry path it drives
+    base: Callable[[Any], float]  # preset -> its value in effect
+    drive: Callable[[Any, float], Any]  # (preset, value) -> the target's value
+    interval_s: float  # the least time between two changes of the target (0: every frame)
+
+
+DERIVED: dict[str, Derived] = {
+    "strength": Derived(
+        ParamSpec(
+            "strength",
+            "float",
+            None,
+            "img2img strength (engine/live/strength.py), through stream.t_index_list",
+            live=True,
+            apply="schedule",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        "stream.t_index_list",
+        lambda preset: t_index_list_to_strength(preset.stream.t_index_list, preset.stream.num_inference_steps),
+        lambda preset, value: strength_to_t_index_list(
+            value, len(preset.stream.t_index_list), preset.stream.num_inference_steps
+        ),
+        SCHEDULE_INTERVAL_S,
+    )
 }
 
 
+@cache
 def modulatable() -> dict[str, ParamSpec]:
-    """The live numeric parameters an LFO can move."""
-    return {
+    """The live numeric parameters an LFO can move (see REFUSED), and the derived numbers (DERIVED)."""
+    found = {
         path: spec
         for path, spec in registry().items()
-        if spec.live and spec.kind in ("int", "float") and spec.apply in SETTERS and spec.maximum is not None
+        if spec.live
+        and spec.kind in ("int", "float")
+        and spec.apply not in REFUSED
+        and spec.minimum is not None
+        and spec.maximum is not None
     }
+    return {**found, **{name: derived.spec for name, derived in DERIVED.items()}}
+
+
+def refusal(path: str) -> str:
+    """Why an LFO cannot move `path`: one line naming it."""
+    spec = registry().get(path)
+    if spec is None:
+        shown = sorted({modulatable()[name].item or name for name in modulatable()})
+        return f"LFO on {path!r}: not a live numeric parameter (these can: {', '.join(shown)})"
+    if spec.kind not in ("int", "float") or spec.minimum is None or spec.maximum is None:
+        return f"LFO on {path}: not a live numeric parameter ({spec.allowed()})"
+    if not spec.live:
+        return f"LFO on {path}: it changes only with a rebuild (or at start), never per frame"
+    return f"LFO on {path}: {REFUSED.get(spec.apply, 'not modulatable')}"
 
 
 def modulated(lfos: Lfo | Sequence[Lfo], base: float, beat: float, seconds: float, quantum: int) -> float:
     """A parameter's value under its LFOs (one, or the layers of one parameter, their swings added): clamped to the
     parameter's range, rounded for an int parameter."""
     layered = (lfos,) if isinstance(lfos, Lfo) else lfos
-    spec = registry()[layered[0].path]
+    spec = modulatable()[layered[0].path]
     value = base
     for lfo in layered:
         value += lfo.offset(beat, seconds, quantum)
     value = min(max(value, spec.minimum or 0.0), spec.maximum or 0.0)
-    return float(round(value)) if spec.kind == "int" else value
+    return round(value) if spec.kind == "int" else value
 
 
 class Modulators:
@@ -147,7 +204,8 @@ class Modulators:
         # path -> its LFOs by layer; replaced whole on every change: the engine thread reads it without a lock
         self._lfos: dict[str, tuple[Lfo, ...]] = {}
         self._removed: tuple[str, ...] = ()  # parameters back to their base on the next frame
-        self._last: dict[str, float] = {}  # engine thread: the value last set (an int parameter is set on change)
+        # engine thread: ((value set, base), when) of an int parameter or strength, which are set only on change
+        self._last: dict[str, tuple[tuple[Any, float], float]] = {}
         self._lock = threading.Lock()
 
     def set(self, lfo: Lfo) -> None:
@@ -186,31 +244,54 @@ class Modulators:
     def __len__(self) -> int:
         return sum(len(layered) for layered in self._lfos.values())
 
-    def apply(self, pipeline: StreamPipeline, preset: Any) -> None:
-        """Engine thread, once per frame boundary: every LFO's value into the pipeline; a removed one's base."""
+    def apply(self, preset: Any, modulate: Modulate) -> None:
+        """Engine thread, once per frame boundary: every LFO's value into the pipeline through `modulate`
+        (engine/live/changes.py Changes.modulate), a removed one's value in effect back. An LFO whose parameter
+        fails (a rebuild took its ControlNet away) is removed, with one warning."""
         lfos, removed = self._lfos, self._removed
+        values: list[tuple[str, Any]] = []
+        owner: dict[str, str] = {}  # the path set -> the LFO's path (strength sets stream.t_index_list)
         if removed:
             with self._lock:
                 removed, self._removed = self._removed, ()
             for path in removed:
                 if path not in lfos:
                     self._last.pop(path, None)
-                    self._put(pipeline, registry()[path], _base(preset, path), preset)
-        if not lfos:
+                    target = DERIVED[path].target if path in DERIVED else path
+                    values.append((target, paths.read(preset, target)))
+                    owner[target] = path
+        if lfos:
+            seconds = self.clock.now()
+            beat, quantum = self.clock.beat_at(seconds), self.clock.quantum
+            for path, layered in lfos.items():
+                derived = DERIVED.get(path)
+                base = derived.base(preset) if derived else float(paths.read(preset, path))
+                value = modulated(layered, base, beat, seconds, quantum)
+                target, put = (derived.target, derived.drive(preset, value)) if derived else (path, value)
+                last = self._last.get(path)
+                if last is not None and last[0] == (put, base):
+                    continue  # unchanged: an int (a seed set again draws its noise again) or strength's list
+                if derived and last is not None and seconds - last[1] < derived.interval_s:
+                    continue  # strength: a schedule change rebuilds the tables, at most every interval_s
+                if spec_kind(path) == "int" or derived:
+                    self._last[path] = ((put, base), seconds)
+                values.append((target, put))
+                owner[target] = path
+        if not values:
             return
-        seconds = self.clock.now()
-        beat, quantum = self.clock.beat_at(seconds), self.clock.quantum
-        for path, layered in lfos.items():
-            spec = registry()[path]
-            self._put(pipeline, spec, modulated(layered, _base(preset, path), beat, seconds, quantum), preset)
-
-    def _put(self, pipeline: StreamPipeline, spec: ParamSpec, value: float, preset: Any) -> None:
-        if spec.kind == "int" and self._last.get(spec.path) == value:
-            return  # a seed set again would draw its noise again
-        self._last[spec.path] = value
-        SETTERS[spec.apply](pipeline, spec, value, preset)
+        for target, why in modulate(values):
+            path = owner[target]
+            self._last.pop(path, None)
+            if path in lfos:
+                log.warning("LFO on %s removed: %s", path, why)
+                self.remove(path)
+            else:  # its value in effect back: the parameter is gone, or a change of it is on its way
+                log.debug("LFO on %s: the value in effect not put back: %s", path, why)
 
 
-def _base(preset: Any, path: str) -> float:
-    section, name = path.split(".")
-    return float(getattr(getattr(preset, section), name))
+def spec_kind(path: str) -> str:
+    return modulatable()[path].kind
+
+
+# Changes.modulate: (path, value) pairs in, (path, why) for each that failed out.
+Modulate = Callable[[Sequence[tuple[str, Any]]], list[tuple[str, str]]]

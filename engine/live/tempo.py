@@ -43,8 +43,9 @@ class Tempo:
     def duration(
         self, seconds: float | None, frames: int | None, beats: float | None = None, bars: float | None = None
     ) -> Duration:
-        """A transition's length; beats and bars become seconds at the tempo now (a later tempo change does not
-        stretch a running transition)."""
+        """A transition's length; bars become beats at the quantum now. A length in beats runs on the beat clock:
+        a tempo change while it runs moves its end with the beat (its length in seconds at the tempo now is
+        checked against MAX_SECONDS)."""
         given = [name for name, value in (("beats", beats), ("bars", bars)) if value is not None]
         if not given:
             return Duration(seconds, frames)
@@ -60,7 +61,7 @@ class Tempo:
         seconds = self.clock.seconds(in_beats)
         if seconds > MAX_SECONDS:
             raise DreamwireError(f"transition {given[0]} {length!r} lasts {seconds:.0f} s, over {MAX_SECONDS:g} s")
-        return Duration(seconds=seconds)
+        return Duration(beats=in_beats)
 
     def tap(self) -> float | None:
         """A tap (now): the beat lands on it; the tempo from the taps so far, None until the second."""
@@ -81,6 +82,13 @@ class Tempo:
         elif name == "latency_ms":
             self.clock.latency_s = value / 1000.0
         quantize_beats(self.config.quantize, self.clock.quantum)  # a known setting (the schema checked it)
+
+    def live_value(self, path: str) -> Any:
+        """A tempo.* value as the clock has it now, where a source moves it past the last value set (tempo.bpm:
+        Link's session, MIDI clock, taps); None for any other path (its value in effect is the preset's)."""
+        if path == "tempo.bpm":
+            return round(self.clock.bpm, 3)  # the clock's is a mean of pulse intervals: no false precision
+        return None
 
     def status(self) -> dict[str, Any]:
         clock = self.clock

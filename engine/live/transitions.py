@@ -1,7 +1,8 @@
 """Timed transitions, so a cue can morph a parameter (a float, an embedding, a noise tensor) rather than cut.
 
 The engine thread owns a TransitionSet: control handlers call start(), and step() calls advance() once per frame
-and applies the returned values.
+and applies the returned values. A length is in seconds, output frames or beats; a length in beats is measured on
+the beat clock (engine/live/beat_clock.py), so a tempo change while it runs moves its end to keep the beat it named.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ _NOTHING: Mapping[str, Value] = MappingProxyType({})
 
 MAX_SECONDS = 3600.0
 MAX_FRAMES = 100_000
+MAX_BEATS = 16384  # 1024 bars of 16 beats (the most /transition/bars takes, at the largest quantum)
 
 
 @dataclass(frozen=True)
 class Duration:
-    """How long a change takes: seconds or output frames, at most one of them; neither (or 0) is a cut.
+    """How long a change takes: seconds, output frames or beats, at most one of them; none (or 0) is a cut.
 
     The one check of a transition's length, made where the change is sent, so what is accepted can be applied.
     Whole-number floats count as frames (controllers often send every number as a float); 2.5 frames does not.
@@ -43,11 +45,18 @@ class Duration:
 
     seconds: float | None = None
     frames: int | None = None
+    beats: float | None = None  # on the beat clock (bars are made beats where the change is sent)
 
     def __post_init__(self) -> None:
-        seconds, frames = self.seconds, self.frames
-        if seconds is not None and frames is not None:
-            raise DreamwireError(f"transition: give seconds or frames, not both (seconds={seconds}, frames={frames})")
+        seconds, frames, beats = self.seconds, self.frames, self.beats
+        if sum(value is not None for value in (seconds, frames, beats)) > 1:
+            raise DreamwireError(
+                f"transition: give one of seconds, frames or beats (seconds={seconds}, frames={frames}, beats={beats})"
+            )
+        if beats is not None:
+            if not _is_number(beats) or not (math.isfinite(beats) and 0.0 <= beats <= MAX_BEATS):
+                raise DreamwireError(f"transition beats {beats!r} is not a number in [0, {MAX_BEATS}]")
+            object.__setattr__(self, "beats", float(beats))
         if seconds is not None:
             if not _is_number(seconds) or not (math.isfinite(seconds) and 0.0 <= seconds <= MAX_SECONDS):
                 raise DreamwireError(f"transition seconds {seconds!r} is not a number in [0, {MAX_SECONDS:g}]")
@@ -60,7 +69,7 @@ class Duration:
 
     @property
     def is_cut(self) -> bool:
-        return not self.seconds and not self.frames
+        return not self.seconds and not self.frames and not self.beats
 
 
 CUT = Duration()
@@ -83,14 +92,27 @@ def ease(kind: Easing, p: float) -> float:
 
 
 class Transition:
-    """One value moving from `start` to `target` over `seconds` or `frames` (exactly one, checked by Duration; 0 = cut).
+    """One value moving from `start` to `target` over `seconds`, `frames` or `beats` (exactly one, checked by
+    Duration; 0 = cut).
 
-    The clock starts at the anchor (start_s / start_frame, where the value equals `start`); without one it starts
-    at the first value_at() call, which then returns `start`. value_at() returns `start` itself at progress 0 and
-    `target` itself (not an interpolation) from progress 1 on, after which `done` is True.
+    The clock starts at the anchor (start_s / start_frame / start_beat, where the value equals `start`); without one
+    it starts at the first value_at() call, which then returns `start`. value_at() returns `start` itself at progress
+    0 and `target` itself (not an interpolation) from progress 1 on, after which `done` is True.
     """
 
-    __slots__ = ("_ease", "_frames", "_interp", "_seconds", "_t0", "current", "done", "start", "target")
+    __slots__ = (
+        "_beats",
+        "_ease",
+        "_frames",
+        "_interp",
+        "_progress",
+        "_seconds",
+        "_t0",
+        "current",
+        "done",
+        "start",
+        "target",
+    )
 
     def __init__(
         self,
@@ -103,51 +125,65 @@ class Transition:
         interp: Interp = lerp,
         start_s: float | None = None,
         start_frame: int | None = None,
+        beats: float | None = None,
+        start_beat: float | None = None,
     ) -> None:
-        if seconds is None and frames is None:
-            raise DreamwireError(f"transition: give seconds or frames, got seconds={seconds}, frames={frames}")
-        duration = Duration(seconds, frames)
-        seconds, frames = duration.seconds, duration.frames
+        if seconds is None and frames is None and beats is None:
+            raise DreamwireError(f"transition: give seconds, frames or beats, got seconds={seconds}, frames={frames}")
+        duration = Duration(seconds, frames, beats)
+        seconds, frames, beats = duration.seconds, duration.frames, duration.beats
         if ease not in _EASINGS:
             raise DreamwireError(f"transition ease must be one of {_EASINGS}, got {ease!r}")
         self.start = start
         self.target = target
         self._seconds = seconds
         self._frames = frames
+        self._beats = beats
         self._ease: Easing = ease
         self._interp = interp
-        # Anchor in the unit that drives progress: seconds or frame number; None until known.
-        anchor = start_s if seconds is not None else start_frame
+        # Anchor in the unit that drives progress: seconds, frame number or beat; None until known.
+        anchor = start_s if seconds is not None else start_frame if frames is not None else start_beat
         self._t0: float | None = None if anchor is None else float(anchor)
         self.current: Value = start  # the value last returned by value_at() (start before the first call)
+        self._progress = 0.0  # of `current`, in [0, 1]
         self.done = False
 
-    def value_at(self, now_s: float, frame: int) -> Value:
-        """The value at time now_s (seconds, any monotonic clock) / output frame number `frame`."""
+    def value_at(self, now_s: float, frame: int, beat: float = 0.0) -> Value:
+        """The value at time now_s (seconds, any monotonic clock) / output frame number `frame` / `beat` (the beat
+        clock's)."""
         if self.done:
             return self.target
-        now = now_s if self._seconds is not None else float(frame)
+        if self._seconds is not None:
+            now, duration = now_s, self._seconds
+        elif self._frames is not None:
+            now, duration = float(frame), float(self._frames)
+        else:
+            now, duration = beat, float(self._beats or 0.0)
+            if self._t0 is not None and now < self._t0 + self._progress * duration:
+                self._t0 = now - self._progress * duration  # the beat jumped back (MIDI start): go on from here
         if self._t0 is None:
             self._t0 = now
-        duration = self._seconds if self._seconds is not None else self._frames
         p = 1.0 if duration == 0 else min(max((now - self._t0) / duration, 0.0), 1.0)
         if p >= 1.0:
             self.done = True
             self.current = self.target
         elif p > 0.0:
             self.current = self._interp(self.start, self.target, ease(self._ease, p))
+        self._progress = p
         return self.current
 
 
 class TransitionSet:
     """Active transitions keyed by parameter name; owned by the engine thread (not thread-safe)."""
 
-    __slots__ = ("_active", "_last_frame", "_last_s")
+    __slots__ = ("_active", "_last_beat", "_last_frame", "_last_s")
 
     def __init__(self) -> None:
         self._active: dict[str, Transition] = {}
-        self._last_s: float | None = None  # time / frame of the last advance(): where current values were applied
+        # time / frame / beat of the last advance(): where current values were applied
+        self._last_s: float | None = None
         self._last_frame: int | None = None
+        self._last_beat: float | None = None
 
     def start(
         self,
@@ -158,6 +194,7 @@ class TransitionSet:
         frames: int | None = None,
         ease: Easing = "linear",
         interp: Interp = lerp,
+        beats: float | None = None,
     ) -> None:
         """Begin moving `name` to `target`.
 
@@ -177,16 +214,19 @@ class TransitionSet:
             interp=interp,
             start_s=self._last_s,
             start_frame=self._last_frame,
+            beats=beats,
+            start_beat=self._last_beat,
         )
 
-    def advance(self, now_s: float, frame: int) -> Mapping[str, Value]:
+    def advance(self, now_s: float, frame: int, beat: float = 0.0) -> Mapping[str, Value]:
         """Values to apply this frame, {name: value}, for every active transition; finished ones (which return
         exactly their target on their last frame) are dropped afterwards. Read-only, shared and empty when idle."""
         self._last_s = now_s
         self._last_frame = frame
+        self._last_beat = beat
         if not self._active:
             return _NOTHING
-        values = {name: tr.value_at(now_s, frame) for name, tr in self._active.items()}
+        values = {name: tr.value_at(now_s, frame, beat) for name, tr in self._active.items()}
         if any(tr.done for tr in self._active.values()):
             self._active = {name: tr for name, tr in self._active.items() if not tr.done}
         return values
