@@ -13,6 +13,18 @@ Residuals = tuple[list[torch.Tensor], torch.Tensor]
 # SDXL's added conditioning (engine/pipeline/sdxl.py), the UNet's added_cond_kwargs: text_embeds [B, P] (the pooled
 # text embedding), time_ids [B, 6]; None for the SD 1.x/2.x UNets, which take none.
 AddedCond = dict[str, torch.Tensor]
+ADDED_INPUTS = ("text_embeds", "time_ids")
+TIME_IDS = 6  # time_ids per row: (original size, crop top-left, target size)
+
+
+def added_input_widths(unet: torch.nn.Module) -> dict[str, int]:
+    """An SDXL UNet's (config addition_embed_type "text_time") added inputs and their widths: text_embeds P (the
+    added embedding's input minus the time ids' sinusoidal features), time_ids 6; {} for any other UNet."""
+    config = unet.config
+    if getattr(config, "addition_embed_type", None) != "text_time":
+        return {}
+    pooled = int(config.projection_class_embeddings_input_dim) - TIME_IDS * int(config.addition_time_embed_dim)
+    return dict(zip(ADDED_INPUTS, (pooled, TIME_IDS), strict=True))
 
 
 class UNetBackend(Protocol):

@@ -19,20 +19,17 @@ from typing import Any
 
 import torch
 
-from engine.backends.unet import AddedCond
+from engine.backends.unet import AddedCond, added_input_widths
 from engine.pipeline.cfg import CfgStrategy
-
-TIME_IDS = 6  # time_ids per row
 
 
 def is_sdxl(unet: torch.nn.Module) -> bool:
-    return getattr(unet.config, "addition_embed_type", None) == "text_time"
+    return bool(added_input_widths(unet))
 
 
 def pooled_dim(unet: torch.nn.Module) -> int:
-    """P, the pooled embedding's width: the added embedding's input minus the 6 time ids' sinusoidal embeddings."""
-    config = unet.config
-    return int(config.projection_class_embeddings_input_dim) - TIME_IDS * int(config.addition_time_embed_dim)
+    """P, the pooled embedding's width (text_embeds [B, P])."""
+    return added_input_widths(unet)["text_embeds"]
 
 
 def base_name(config: Any) -> str:
