@@ -119,7 +119,7 @@ def _hand_written_stream(models, pipe, cfg_type: str, frames: list[torch.Tensor]
 
 @pytest.mark.parametrize("cfg_type", ["self", "full"])
 def test_step_equals_the_hand_written_one(tiny_sdxl_models, diffusers_pipeline, cfg_type):
-    frames = [to_input(clip(4)[i : i + 1]) for i in range(4)]
+    frames = [to_input(clip(3)[i : i + 1]) for i in range(3)]
     prompt = {"text": "a red fox", "negative": "blurry", "guidance": 1.5, "delta": 0.8, "seed": 5}
     pipeline = make_pipeline(tiny_sdxl_models, prompt, cfg_type=cfg_type)
     ours = [pipeline.step(frame).clone() for frame in frames]
@@ -231,3 +231,59 @@ def test_the_sdxl_turbo_preset_validates():
     assert (preset.model.id, preset.model.vae) == ("stabilityai/sdxl-turbo", "madebyollin/taesdxl")
     stream = preset.stream
     assert (stream.width, stream.height, len(stream.t_index_list), stream.cfg_type) == (512, 512, 1, "none")
+
+
+def test_onnx_export_with_the_added_inputs_matches_torch(tiny_sdxl_models, tmp_path):
+    import onnxruntime
+
+    from engine.backends.onnx_export import export_unet
+
+    unet = tiny_sdxl_models.unet
+    path = export_unet(unet, tmp_path / "unet.onnx", 4, (8, 8))  # cfg full's rows for 2 slots
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+    assert [i.name for i in session.get_inputs()] == names
+    generator = torch.Generator().manual_seed(0)
+    for batch, (h, w) in ((4, (8, 8)), (1, (12, 16))):  # fewer rows (guidance off), another size
+        x = torch.randn(batch, 4, h, w, generator=generator)
+        t = torch.randint(0, 1000, (batch,), generator=generator)
+        e = torch.randn(batch, 77, 64, generator=generator)
+        pooled = torch.randn(batch, POOLED, generator=generator)
+        time_ids = torch.tensor([sdxl.time_ids(8 * h, 8 * w)] * batch, dtype=torch.float32)
+        added = {"text_embeds": pooled, "time_ids": time_ids}
+        reference = unet(x, t, encoder_hidden_states=e, added_cond_kwargs=added, return_dict=False)[0]
+        (ours,) = session.run(None, dict(zip(names, (v.numpy() for v in (x, t, e, pooled, time_ids)), strict=True)))
+        assert ours.shape == (batch, 4, h, w)
+        assert float(abs(ours - reference.numpy()).max()) <= 1e-3
+        # the added inputs are live in the graph (not folded into constants): another pooled embedding moves it
+        (moved,) = session.run(
+            None,
+            {
+                **dict(zip(names[:3], (x.numpy(), t.numpy(), e.numpy()), strict=True)),
+                "text_embeds": (pooled + 1).numpy(),
+                "time_ids": time_ids.numpy(),
+            },
+        )
+        assert float(abs(moved - ours).max()) > 1e-4
+
+
+def test_the_cuda_graph_stand_in_replays_the_added_conditioning(tiny_sdxl_models):
+    """Through a prompt change and a blend under the CPU stand-in of a CUDA graph (tests/test_cuda_graph.py):
+    replay equals eager, one capture, the added conditioning's buffers at their addresses."""
+    from test_cuda_graph import graphed
+
+    prompt = {"guidance": 1.6, "delta": 0.8, "negative": "grey"}
+    eager = make_pipeline(tiny_sdxl_models, prompt, cfg_type="full")
+    replayed = make_pipeline(tiny_sdxl_models, prompt, cfg_type="full")
+    runner = graphed(replayed)
+    addresses = {name: tensor.data_ptr() for name, tensor in replayed.added.kwargs.items()}
+    cond = tiny_sdxl_models.encode_prompt("a red fox")
+    blend = blend_embeddings([cond, tiny_sdxl_models.encode_prompt("a blue whale")], [0.5, 0.5], "slerp")
+    changes = [lambda p: None, lambda p: p.set_embeddings(cond, p.uncond), lambda p: p.set_embeddings(blend, p.uncond)]
+    for k, change in enumerate(changes):
+        frame = to_input(clip(3)[k : k + 1])
+        change(eager)
+        change(replayed)
+        torch.testing.assert_close(replayed.step(frame), eager.step(frame), atol=1e-6, rtol=0)
+    assert runner.captures == 1
+    assert {name: tensor.data_ptr() for name, tensor in replayed.added.kwargs.items()} == addresses
