@@ -287,3 +287,31 @@ def test_the_cuda_graph_stand_in_replays_the_added_conditioning(tiny_sdxl_models
         torch.testing.assert_close(replayed.step(frame), eager.step(frame), atol=1e-6, rtol=0)
     assert runner.captures == 1
     assert {name: tensor.data_ptr() for name, tensor in replayed.added.kwargs.items()} == addresses
+
+
+def test_compile_takes_the_added_conditioning_and_a_prompt_change_does_not_recompile(tiny_sdxl_models, monkeypatch):
+    """torch.compile of the SDXL UNet: equal to eager, and a new prompt (the added conditioning written in place)
+    runs the same compiled graph (dynamo's error_on_recompile). Dynamo's graph capture and guards are what the added
+    inputs change; Inductor's code generation (2 minutes on 2 cores) is checked on the SD UNet in test_backends.py,
+    so the graph here runs through dynamo's eager backend."""
+    from engine.backends import compiled as compiled_module
+    from engine.backends.compiled import CompiledUNet
+    from engine.backends.fallback import Fallback
+
+    monkeypatch.setattr(compiled_module, "compiled", lambda f: torch.compile(f, dynamic=False, backend="eager"))
+
+    prompt = {"guidance": 1.5, "negative": "blurry"}
+    eager = make_pipeline(tiny_sdxl_models, prompt, cfg_type="self")
+    compiled = make_pipeline(tiny_sdxl_models, prompt, cfg_type="self")
+    compiled.unet = CompiledUNet(tiny_sdxl_models.unet, Fallback(False))
+    cond = tiny_sdxl_models.encode_prompt("a blue whale")
+    frames = [to_input(clip(3)[k : k + 1]) for k in range(3)]
+    outputs = []
+    for k, frame in enumerate(frames):
+        if k == 2:
+            for pipeline in (eager, compiled):
+                pipeline.set_embeddings(cond, pipeline.uncond)
+        with torch._dynamo.config.patch(error_on_recompile=k > 0):
+            outputs.append((compiled.step(frame).clone(), eager.step(frame).clone()))
+    for ours, theirs in outputs:
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
