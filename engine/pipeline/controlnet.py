@@ -272,10 +272,11 @@ class ControlledUNet:
         self.inner, self.controlnets = inner, controlnets
 
     def __call__(
-        self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, added: AddedCond | None = None
+        self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, **unet_kwargs: AddedCond
     ) -> torch.Tensor:
-        residuals = self.controlnets.residuals(x, t, embeddings, added)
-        return self.inner(x, t, embeddings, residuals, added)
+        """unet_kwargs: the pipeline's own (SDXL: added, the added conditioning), for the nets and the UNet alike."""
+        residuals = self.controlnets.residuals(x, t, embeddings, unet_kwargs.get("added"))
+        return self.inner(x, t, embeddings, residuals, **unet_kwargs)
 
 
 def load_controlnets(
