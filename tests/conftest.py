@@ -39,6 +39,12 @@ def tiny_taesd_models(tiny_models: Models) -> Models:
     return Models(**{**tiny_models.__dict__, "vae": build_taesd()})
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_models() -> Models:
+    """The tiny SDXL (two text encoders, text_time added conditioning) with the tiny TAESD (deterministic latents)."""
+    return load_models(ModelConfig(id="tiny-sdxl", vae="tiny-taesd", dtype="float32", device="cpu"))
+
+
 def clip(frames: int, size: int = SIZE, static: bool = False) -> np.ndarray:
     """(frames, size, size, 3) uint8 of the moving test pattern."""
     return np.stack([pattern_image(0 if static else i, size, size) for i in range(frames)])

@@ -163,3 +163,38 @@ def test_a_spec_of_another_dtype_is_refused(trt, spec, tiny_models, tmp_path):
         trt_backend.build_unet_backend(tiny_models.unet, half, cache_dir=tmp_path)
     assert half.compute_hash() in str(error.value)
     assert trt.builds == 0
+
+
+def test_an_sdxl_engine_takes_the_added_conditioning_as_inputs(trt, tiny_sdxl_models, tmp_path, monkeypatch):
+    """The tiny SDXL: text_embeds [B, 32] and time_ids [B, 6] in the profile, bound at fixed addresses, and copied in
+    on every call; a pipeline on the engine hands them over."""
+    from conftest import make_pipeline
+
+    monkeypatch.setenv("DREAMWIRE_CACHE_DIR", str(tmp_path))
+    settings = dict(width=64, height=64, t_index_list=[16, 32], cfg_type="self", acceleration="tensorrt")
+    stream = StreamConfig(**settings, trt_min_size=64, trt_opt_size=64, trt_max_size=128)
+    spec = engine_spec(tiny_sdxl_models.config, stream, ROWS, torch.float32, torch.device("cpu"))
+    unet = trt_backend.build_unet_backend(tiny_sdxl_models.unet, spec)
+    rec = trt.recorder
+    shapes = {args[0]: args[1:] for kind, method, args in rec.calls if method == "set_shape"}
+    assert shapes["text_embeds"] == ((1, 32), (ROWS, 32), (ROWS, 32))
+    assert shapes["time_ids"] == ((1, 6), (ROWS, 6), (ROWS, 6))
+    assert shapes["encoder_hidden_states"] == ((1, 77, 64), (ROWS, 77, 64), (ROWS, 77, 64))
+    x, t, _ = inputs()
+    added = {"text_embeds": torch.randn(ROWS, 32), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * ROWS)}
+    eps = unet(x, t, torch.randn(ROWS, 77, 64), added=added)
+    torch.testing.assert_close(eps, 2 * x + t.reshape(-1, 1, 1, 1).float())
+    bound = {args[0] for _, m, args in rec.calls if m == "set_tensor_address"}
+    assert bound == {"sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids", "latent"}
+    addresses = {name: buffer.data_ptr() for name, buffer in unet._inputs.items()}
+    added["text_embeds"] += 1.0  # a new prompt: written into the same input buffers
+    unet(x, t, torch.randn(ROWS, 77, 64), added=added)
+    assert torch.equal(unet._inputs["text_embeds"], added["text_embeds"])
+    assert torch.equal(unet._inputs["time_ids"], added["time_ids"])
+    assert {name: buffer.data_ptr() for name, buffer in unet._inputs.items()} == addresses
+    # a pipeline on that engine (loaded from the cache, not rebuilt) hands its added conditioning over
+    pipeline = make_pipeline(tiny_sdxl_models, **settings, trt_min_size=64, trt_opt_size=64, trt_max_size=128)
+    assert trt.builds == 1
+    pipeline.step(torch.zeros(1, 3, 64, 64))
+    for name in ("text_embeds", "time_ids"):
+        assert torch.equal(pipeline.unet._inputs[name], pipeline.added.kwargs[name])

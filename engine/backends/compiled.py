@@ -16,15 +16,20 @@ from typing import Any
 import torch
 
 from engine.backends.fallback import Fallback
-from engine.backends.unet import Residuals, unet_forward
+from engine.backends.unet import AddedCond, Residuals, unet_forward
 from engine.backends.vae import VaeBackend
 from engine.core.errors import DreamwireError
 
 
 def _unet_forward(
-    unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, residuals: Residuals | None
+    unet: torch.nn.Module,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    embeddings: torch.Tensor,
+    residuals: Residuals | None,
+    added: AddedCond | None,
 ) -> torch.Tensor:
-    return unet_forward(unet, x, t, embeddings, residuals)
+    return unet_forward(unet, x, t, embeddings, residuals, added)
 
 
 def _encode(vae: VaeBackend, image: torch.Tensor) -> torch.Tensor:
@@ -66,9 +71,14 @@ class CompiledUNet:
         self._forward = _Guarded(_unet_forward, "the UNet", fallback)
 
     def __call__(
-        self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, residuals: Residuals | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        embeddings: torch.Tensor,
+        residuals: Residuals | None = None,
+        added: AddedCond | None = None,
     ) -> torch.Tensor:
-        return self._forward(self.unet, x, t, embeddings, residuals)
+        return self._forward(self.unet, x, t, embeddings, residuals, added)
 
 
 class CompiledVae:

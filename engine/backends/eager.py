@@ -50,10 +50,10 @@ class CpuFallbackLog:
     def __init__(self, call: Callable[..., torch.Tensor]) -> None:
         self.call = call
 
-    def __call__(self, *args: Any) -> torch.Tensor:
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = self.call(*args)
+            out = self.call(*args, **kwargs)
         for warning in caught:
             text = str(warning.message)
             if _MPS_FALLBACK_TEXT not in text:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from engine.backends.engine_cache import ONNX_OPSET
+from engine.backends.unet import added_input_widths
 from engine.core.errors import DreamwireError
 
 TEXT_TOKENS = 77  # CLIP's context length: the embeddings are [B, 77, D] for every SD 1.x/2.x model
@@ -34,6 +35,27 @@ class _UNetGraph(torch.nn.Module):
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+
+class _AddedUNetGraph(torch.nn.Module):
+    """An SDXL UNet: the added conditioning as two more inputs."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        text_embeds: torch.Tensor,
+        time_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(
+            sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+        )[0]
 
 
 class _ControlledUNetGraph(torch.nn.Module):
@@ -133,21 +155,26 @@ def unet_size_factor(unet: torch.nn.Module) -> int:
 
 @torch.no_grad()
 def export_unet(unet: torch.nn.Module, path: Path, rows: int, latent_size: tuple[int, int]) -> Path:
-    """sample [B, C, h, w], timestep [B] int64, encoder_hidden_states [B, 77, D] → latent [B, C, h, w]."""
+    """sample [B, C, h, w], timestep [B] int64, encoder_hidden_states [B, 77, D] (SDXL: and text_embeds [B, P],
+    time_ids [B, 6]) → latent [B, C, h, w]."""
     weight = _parameter(unet)
     channels, dim = int(unet.config.in_channels), int(unet.config.cross_attention_dim)
+    added = added_input_widths(unet)
     example = (
         torch.randn(rows, channels, *latent_size, dtype=weight.dtype, device=weight.device),
         torch.full((rows,), 500, dtype=torch.int64, device=weight.device),
         torch.randn(rows, TEXT_TOKENS, dim, dtype=weight.dtype, device=weight.device),
+        *(torch.randn(rows, width, dtype=weight.dtype, device=weight.device) for width in added.values()),
     )
     dynamic = {
         "sample": {0: "batch", 2: "height", 3: "width"},
         "timestep": {0: "batch"},
         "encoder_hidden_states": {0: "batch"},
+        **{name: {0: "batch"} for name in added},
         UNET_OUTPUT: {0: "batch", 2: "height", 3: "width"},
     }
-    return _export(_UNetGraph(unet), example, path, list(UNET_INPUTS), UNET_OUTPUT, dynamic)
+    graph = _AddedUNetGraph(unet) if added else _UNetGraph(unet)
+    return _export(graph, example, path, [*UNET_INPUTS, *added], UNET_OUTPUT, dynamic)
 
 
 def residual_names(net: torch.nn.Module) -> list[str]:

@@ -23,7 +23,14 @@ from typing import Any
 import torch
 
 from engine.backends.engine_cache import EngineSpec, engine_path, save_engine
-from engine.backends.onnx_export import TEXT_TOKENS, UNET_INPUTS, UNET_OUTPUT, export_unet, unet_size_factor
+from engine.backends.onnx_export import (
+    TEXT_TOKENS,
+    UNET_INPUTS,
+    UNET_OUTPUT,
+    export_unet,
+    unet_size_factor,
+)
+from engine.backends.unet import AddedCond, Residuals, added_input_widths
 from engine.core.errors import DreamwireError
 
 log = logging.getLogger(__name__)
@@ -63,7 +70,7 @@ def build_unet_backend(unet: torch.nn.Module, spec: EngineSpec, *, cache_dir: Pa
         else:
             serialized = _build(trt, unet, spec, path)
             save_engine(spec, serialized, path.parent)
-        return TensorRTUNet(trt, serialized, path, key, device, unet_size_factor(unet))
+        return TensorRTUNet(trt, serialized, path, key, device, unet_size_factor(unet), added_input_widths(unet))
     except DreamwireError:
         raise
     except Exception as error:  # TensorRT, ONNX and file errors come in many types: all stop the run, named
@@ -121,6 +128,8 @@ def _profile(builder: Any, unet: torch.nn.Module, spec: EngineSpec) -> Any:
     profile.set_shape(
         "encoder_hidden_states", (1, TEXT_TOKENS, dim), (rows, TEXT_TOKENS, dim), (rows, TEXT_TOKENS, dim)
     )
+    for name, width in added_input_widths(unet).items():  # SDXL: text_embeds [B, P], time_ids [B, 6]
+        profile.set_shape(name, (1, width), (rows, width), (rows, width))
     return profile
 
 
@@ -156,12 +165,21 @@ _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bf
 
 
 class TensorRTUNet:
-    """ε = unet(x, t, embeddings) on a TensorRT engine. x: [B, C, h, w], t: [B] int64, embeddings: [B, 77, D]."""
+    """ε = unet(x, t, embeddings) on a TensorRT engine. x: [B, C, h, w], t: [B] int64, embeddings: [B, 77, D];
+    for SDXL also added: text_embeds [B, P], time_ids [B, 6] (added_widths: their names and widths)."""
 
     def __init__(
-        self, trt: ModuleType, serialized: bytes, path: Path, key: str, device: torch.device, size_factor: int
+        self,
+        trt: ModuleType,
+        serialized: bytes,
+        path: Path,
+        key: str,
+        device: torch.device,
+        size_factor: int,
+        added_widths: dict[str, int] | None = None,
     ) -> None:
         self.path, self.key, self.device, self.size_factor = path, key, device, size_factor
+        self.added_widths = added_widths or {}
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(serialized)
         if self.engine is None:
@@ -170,8 +188,9 @@ class TensorRTUNet:
                 "delete it with `dreamwire engines clear`"
             )
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        if names != {*UNET_INPUTS, UNET_OUTPUT}:
-            raise self._error(f"its I/O tensors are {sorted(names)}, expected {[*UNET_INPUTS, UNET_OUTPUT]}")
+        expected = [*UNET_INPUTS, *self.added_widths, UNET_OUTPUT]
+        if names != set(expected):
+            raise self._error(f"its I/O tensors are {sorted(names)}, expected {expected}")
         self.dtypes = {name: _TORCH_DTYPES[self.engine.get_tensor_dtype(name).name] for name in names}
         self.context = self.engine.create_execution_context()
         self._shape: tuple[torch.Size, torch.Size] | None = None
@@ -181,7 +200,14 @@ class TensorRTUNet:
     def _error(self, what: str) -> DreamwireError:
         return DreamwireError(f"TensorRT engine {self.path} (key {self.key}): {what}")
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        embeddings: torch.Tensor,
+        residuals: Residuals | None = None,  # none here: ControlNets are refused with tensorrt (check_stream)
+        added: AddedCond | None = None,
+    ) -> torch.Tensor:
         shape = (x.shape, embeddings.shape)
         if shape != self._shape:
             self._allocate(x.shape, embeddings.shape)
@@ -189,6 +215,8 @@ class TensorRTUNet:
         self._inputs["sample"].copy_(x)
         self._inputs["timestep"].copy_(t)
         self._inputs["encoder_hidden_states"].copy_(embeddings)
+        for name in self.added_widths:  # SDXL's added conditioning (none for SD)
+            self._inputs[name].copy_(added[name])  # type: ignore[index]
         if not self.context.execute_async_v3(_cuda_stream(self.device)):
             raise self._error(f"execute_async_v3 failed for sample {tuple(x.shape)}")
         return self._output  # reused by the next call: consume it first
@@ -200,6 +228,7 @@ class TensorRTUNet:
             step = self.size_factor * LATENT_FACTOR
             raise self._error(f"size {width * LATENT_FACTOR}x{height * LATENT_FACTOR} is not a multiple of {step}")
         shapes = {"sample": tuple(sample), "timestep": (rows,), "encoder_hidden_states": tuple(embeddings)}
+        shapes.update({name: (rows, width) for name, width in self.added_widths.items()})
         for name, dims in shapes.items():
             if not self.context.set_input_shape(name, dims):
                 raise self._error(

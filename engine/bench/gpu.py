@@ -563,9 +563,9 @@ def _annotate(pipeline: StreamPipeline) -> None:
     from torch.profiler import record_function
 
     def named(name: str, call: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        def wrapped(*args: Any) -> torch.Tensor:
+        def wrapped(*args: Any, **kwargs: Any) -> torch.Tensor:
             with record_function(name):
-                return call(*args)
+                return call(*args, **kwargs)
 
         return wrapped
 

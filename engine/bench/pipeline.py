@@ -44,10 +44,10 @@ class _Timed:
         self.inner, self.device = inner, device
         self.seconds, self.rows, self.calls = 0.0, 0, 0
 
-    def __call__(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         _sync(self.device)
         start = time.perf_counter()
-        out = self.inner(x, *args)
+        out = self.inner(x, *args, **kwargs)
         _sync(self.device)
         self.seconds += time.perf_counter() - start
         self.rows += x.shape[0]
@@ -65,9 +65,9 @@ class _Instant(_Timed):
 
     cached: torch.Tensor | None = None
 
-    def __call__(self, x: torch.Tensor, *args: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.cached is None:
-            self.cached = self.inner(x, *args)
+            self.cached = self.inner(x, *args, **kwargs)
         self.rows += x.shape[0]
         self.calls += 1
         return self.cached

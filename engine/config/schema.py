@@ -59,7 +59,8 @@ class Section(BaseModel):
 class ModelConfig(Section):
     id: str = rebuild(
         "stabilityai/sd-turbo",
-        "Hugging Face id or local diffusers folder; `tiny` is a built-in random model for tests and demos.",
+        "Hugging Face id or local diffusers folder (SD 1.x, 2.x or SDXL); `tiny` and `tiny-sdxl` are built-in random "
+        "models for tests and demos.",
         min_length=1,
     )
     vae: str | None = rebuild(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Any
 
 import torch
 
@@ -26,17 +27,18 @@ class TimedBackend:
         self._cpu_ms = 0.0
         self._latest_ms: float | None = None
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, **added: Any) -> torch.Tensor:
+        """added: the pipeline's UNet keywords (SDXL's added conditioning), passed on as they are."""
         if not self.cuda:
             start = time.perf_counter()
-            out = self.inner(x, t, embeddings)
+            out = self.inner(x, t, embeddings, **added)
             self._cpu_ms += 1000.0 * (time.perf_counter() - start)
             return out
         if torch.cuda.is_current_stream_capturing():
-            return self.inner(x, t, embeddings)
+            return self.inner(x, t, embeddings, **added)
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
-        out = self.inner(x, t, embeddings)
+        out = self.inner(x, t, embeddings, **added)
         end.record()
         self._frame_events.append((begin, end))
         return out

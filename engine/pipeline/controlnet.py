@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 
-from engine.backends.unet import Residuals, UNetBackend
+from engine.backends.unet import AddedCond, Residuals, UNetBackend
 from engine.config.schema import ControlNetConfig, StreamConfig
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy
 from engine.pipeline.models import from_pretrained
 from engine.pipeline.preprocess import Preprocessor, load_depth_model, make_preprocessor
+from engine.pipeline.sdxl import base_name
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def check_base(net: torch.nn.Module, unet: torch.nn.Module, net_id: str, model_i
         ours, theirs = getattr(unet.config, key, None), getattr(net.config, key, None)
         if ours is not None and theirs is not None and _plain(ours) != _plain(theirs):
             raise DreamwireError(
-                f"ControlNet {net_id!r} does not fit the model {model_id!r}: its {key} is {_plain(theirs)}, the "
+                f"ControlNet {net_id!r} ({base_name(net.config)}) does not fit the model {model_id!r} "
+                f"({base_name(unet.config)}): its {key} is {_plain(theirs)}, the "
                 f"UNet's is {_plain(ours)} (a ControlNet for another base model; see README, ControlNet)"
             )
 
@@ -235,7 +237,9 @@ class ControlNets:
             control = unit.preprocess(unit.source(image))  # [f, 3, H, W] in [0, 1]
             unit.image[:rows].view(rows // f, f, *control.shape[1:]).copy_(control.unsqueeze(0))
 
-    def residuals(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> Residuals | None:
+    def residuals(
+        self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, added: AddedCond | None = None
+    ) -> Residuals | None:
         """Per UNet call: the active nets' residuals, scaled per row and summed; None when none is active."""
         call = self._call
         self._call = (call + 1) % self.shapes.calls
@@ -248,6 +252,7 @@ class ControlNets:
                 x,
                 t,
                 encoder_hidden_states=embeddings,
+                added_cond_kwargs=added,
                 controlnet_cond=unit.image[:rows],
                 conditioning_scale=1.0,
                 return_dict=False,
@@ -266,8 +271,12 @@ class ControlledUNet:
     def __init__(self, inner: UNetBackend, controlnets: ControlNets) -> None:
         self.inner, self.controlnets = inner, controlnets
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.inner(x, t, embeddings, self.controlnets.residuals(x, t, embeddings))
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, **unet_kwargs: AddedCond
+    ) -> torch.Tensor:
+        """unet_kwargs: the pipeline's own (SDXL: added, the added conditioning), for the nets and the UNet alike."""
+        residuals = self.controlnets.residuals(x, t, embeddings, unet_kwargs.get("added"))
+        return self.inner(x, t, embeddings, residuals, **unet_kwargs)
 
 
 def load_controlnets(

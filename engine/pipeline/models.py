@@ -1,7 +1,8 @@
-"""Model loading: a Hugging Face id, a local diffusers folder, or the built-in `tiny` model.
+"""Model loading: a Hugging Face id, a local diffusers folder, or the built-in `tiny` / `tiny-sdxl` model.
 
 Components load one by one (unet, vae, text_encoder, tokenizer, scheduler config) so no safety checker
-or unused part is ever built. A missing model is one clear paragraph, never a traceback wall.
+or unused part is ever built; an SDXL UNet (engine/pipeline/sdxl.py) brings text_encoder_2 and tokenizer_2.
+A missing model is one clear paragraph, never a traceback wall.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 
 from engine.config.schema import ModelConfig
 from engine.core.errors import DreamwireError
-from engine.pipeline.tiny import TINY_MODEL_ID, TINY_VAE_ID
+from engine.pipeline import sdxl
+from engine.pipeline.tiny import TINY_MODEL_ID, TINY_SDXL_ID, TINY_VAE_ID
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,21 @@ class Models:
     # Models loaded along with these (ControlNets, depth models: engine/pipeline/controlnet.py), by (kind, id):
     # a rebuild on the same models reuses them.
     loaded: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # The SDXL family's second text encoder (CLIPTextModelWithProjection) and its tokenizer; None for SD 1.x/2.x.
+    text_encoder_2: torch.nn.Module | None = None
+    tokenizer_2: Any = None
+
+    @property
+    def sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
 
     @torch.no_grad()
     def encode_prompt(self, text: str) -> torch.Tensor:
-        """text → CLIP last hidden state [1, L, D] (L = the tokenizer's model_max_length, 77 for SD)."""
+        """text → CLIP last hidden state [1, L, D] (L = the tokenizer's model_max_length, 77 for SD); for SDXL the
+        packed [1, 77 + 1, D] of engine/pipeline/sdxl.py (the tokens, then the pooled embedding)."""
+        if self.text_encoder_2 is not None:
+            encoders = (self.text_encoder, self.text_encoder_2)
+            return sdxl.encode_prompt(text, (self.tokenizer, self.tokenizer_2), encoders, self.dtype)
         tokens = self.tokenizer(
             text, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         )
@@ -136,25 +149,38 @@ def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return module if next(module.parameters()).dtype == dtype else module.to(dtype)
 
 
-def _build_tiny(dtype: torch.dtype) -> Models:
+def _build_tiny(dtype: torch.dtype, family: str) -> Models:
     from engine.pipeline import tiny
 
     tokenizer = tiny.build_tokenizer()
+    xl = family == TINY_SDXL_ID
     return Models(
-        unet=_cast(tiny.build_unet(), dtype),
+        unet=_cast(tiny.build_sdxl_unet() if xl else tiny.build_unet(), dtype),
         vae=_cast(tiny.build_vae(), dtype),
         text_encoder=_cast(tiny.build_text_encoder(tokenizer), dtype),
         tokenizer=tokenizer,
         scheduler_config=tiny.scheduler_config(),
         device=torch.device("cpu"),
         dtype=dtype,
+        text_encoder_2=_cast(tiny.build_text_encoder(tokenizer, projection=True, seed=5), dtype) if xl else None,
+        tokenizer_2=tokenizer if xl else None,
     )
+
+
+def _load_text_encoder_2(models: Models, model_id: str) -> None:
+    """SDXL: the second text encoder and tokenizer, from the same folder or hub id."""
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    models.text_encoder_2 = from_pretrained(
+        CLIPTextModelWithProjection, model_id, "model", subfolder="text_encoder_2", torch_dtype=models.dtype
+    )
+    models.tokenizer_2 = from_pretrained(CLIPTokenizer, model_id, "model", subfolder="tokenizer_2")
 
 
 def load_models(config: ModelConfig) -> Models:
     device, dtype = resolve_device(config.device, config.dtype)
-    if config.id == TINY_MODEL_ID:
-        models = _build_tiny(dtype)
+    if config.id in (TINY_MODEL_ID, TINY_SDXL_ID):
+        models = _build_tiny(dtype, config.id)
     else:
         from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -172,12 +198,16 @@ def load_models(config: ModelConfig) -> Models:
             device=device,
             dtype=dtype,
         )
+        if sdxl.is_sdxl(models.unet):
+            _load_text_encoder_2(models, config.id)
     if config.vae is not None:
         models.vae = _load_vae(config.vae, dtype)
-    for module in (models.unet, models.vae, models.text_encoder):
-        module.to(device).eval().requires_grad_(False)
+    for module in (models.unet, models.vae, models.text_encoder, models.text_encoder_2):
+        if module is not None:
+            module.to(device).eval().requires_grad_(False)
     models.device, models.config = device, config
-    log.info("loaded model %s (vae %s) on %s as %s", config.id, config.vae or "built-in", device, dtype)
+    family = sdxl.base_name(models.unet.config)
+    log.info("loaded model %s (%s, vae %s) on %s as %s", config.id, family, config.vae or "built-in", device, dtype)
     return models
 
 

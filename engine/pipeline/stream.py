@@ -32,6 +32,7 @@ from engine.pipeline.controlnet import ControlledUNet, ControlNets, check_stream
 from engine.pipeline.image import FrameLoader, HostFrames
 from engine.pipeline.models import Models
 from engine.pipeline.schedule import SlotTables, build_slot_tables, slot_rows
+from engine.pipeline.sdxl import AddedConditioning, pooled_dim
 from engine.pipeline.similarity_filter import NoFilter, SimilarityFilter
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,13 @@ class StreamPipeline:
         self.tables: SlotTables | None = None
         self.cfg: CfgStrategy | None = None
         self.embeddings: torch.Tensor | None = None
+        # SDXL (engine/pipeline/sdxl.py): the added conditioning per UNet row, with every UNet call (fixed buffers).
+        self.added = (
+            AddedConditioning(pooled_dim(models.unet), stream.height, stream.width, self.device, self.dtype)
+            if models.sdxl
+            else None
+        )
+        self.unet_kwargs = {} if self.added is None else {"added": self.added.kwargs}
         self.filter: SimilarityFilter | NoFilter = NoFilter()
         self.last_output: torch.Tensor | None = None
         self.skipped = False  # whether the last step() was skipped by the similarity filter
@@ -270,10 +278,14 @@ class StreamPipeline:
         self.set_embeddings(self.cond, self.uncond)
 
     def set_embeddings(self, cond: torch.Tensor, uncond: torch.Tensor) -> None:
-        """Swap the prompt (cond, uncond: [1, L, D]) without touching buffers or noise: no flash."""
+        """Swap the prompt (cond, uncond: [1, L, D]; SDXL's packed [1, 77 + 1, D]) without touching buffers or
+        noise: no flash."""
         self.cond, self.uncond = cond, uncond
+        relaid = False
+        if self.added is not None:  # SDXL: the pooled rows into the added conditioning; the token rows go on
+            cond, uncond, relaid = self.added.lay_out(self.cfg, cond, uncond, self.unet_rows)  # type: ignore[arg-type]
         embeddings = self.cfg.embeddings(cond, uncond, self.unet_rows)  # type: ignore[union-attr]
-        if self.embeddings is not None and self.embeddings.shape == embeddings.shape:
+        if not relaid and self.embeddings is not None and self.embeddings.shape == embeddings.shape:
             self.embeddings.copy_(embeddings)
         else:  # a new layout (new strategy): the step is captured again
             self.embeddings = embeddings
@@ -358,7 +370,7 @@ class StreamPipeline:
         self._shift_stock_noise()
         # 4. UNet on [x_new ; B] (rows laid out by the CFG strategy) → guided ε̂.
         x_in, t_in = self.cfg.unet_batch(x_t, tables.timesteps)
-        eps = self.cfg.combine(self.unet(x_in, t_in, self.embeddings), self.stock_noise)
+        eps = self.cfg.combine(self.unet(x_in, t_in, self.embeddings, **self.unet_kwargs), self.stock_noise)
         # 5. LCM step: x0_i = c_out·(X_i − b_i·ε̂_i)/a_i + c_skip·X_i.
         x0 = lcm_step(x_t, eps, tables)
         # 6. Residual CFG: carry this frame's residual noise to the next slot.
@@ -375,7 +387,7 @@ class StreamPipeline:
         for i, slot in enumerate(self._slot_tables):
             rows = slice(i * f, (i + 1) * f)
             x_in, t_in = self.cfg.unet_batch(x, slot.timesteps)
-            eps = self.cfg.combine(self.unet(x_in, t_in, self.embeddings), self.stock_noise[rows])
+            eps = self.cfg.combine(self.unet(x_in, t_in, self.embeddings, **self.unet_kwargs), self.stock_noise[rows])
             x0 = lcm_step(x, eps, slot)
             self._update_residual(self.stock_noise[rows], self._noise_next[rows], eps, slot)
             if i + 1 < self.slots:

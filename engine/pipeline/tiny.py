@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 TINY_MODEL_ID = "tiny"
+TINY_SDXL_ID = "tiny-sdxl"  # the SDXL family's shapes: two text encoders, text_time added conditioning
 TINY_VAE_ID = "tiny-taesd"
 _SEED = 0
 _HIDDEN = 32  # text hidden size == UNet cross_attention_dim
@@ -51,8 +52,9 @@ def build_tokenizer() -> Any:
         return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
 
 
-def build_text_encoder(tokenizer: Any) -> torch.nn.Module:
-    from transformers import CLIPTextConfig, CLIPTextModel
+def build_text_encoder(tokenizer: Any, projection: bool = False, seed: int = _SEED) -> torch.nn.Module:
+    """CLIPTextModel, or with projection CLIPTextModelWithProjection (SDXL's second encoder: pooled [1, 32])."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
         vocab_size=1000,
@@ -65,10 +67,11 @@ def build_text_encoder(tokenizer: Any) -> torch.nn.Module:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        projection_dim=_HIDDEN,
     )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_SEED)
-        return CLIPTextModel(config).eval()
+        torch.manual_seed(seed)
+        return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
 def build_unet() -> torch.nn.Module:
@@ -86,6 +89,33 @@ def build_unet() -> torch.nn.Module:
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=_HIDDEN,
             attention_head_dim=8,
+            norm_num_groups=32,
+        ).eval()
+
+
+def build_sdxl_unet() -> torch.nn.Module:
+    """The SDXL UNet's layout at a tiny size: cross-attention over both encoders' tokens (32 + 32), and the
+    text_time added embedding of the pooled embedding [B, 32] and 6 time ids (8 sinusoidal features each)."""
+    from diffusers import UNet2DConditionModel
+
+    time_features = 8
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED + 4)
+        return UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=2 * _HIDDEN,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            transformer_layers_per_block=(1, 2),
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_features,
+            projection_class_embeddings_input_dim=6 * time_features + _HIDDEN,
             norm_num_groups=32,
         ).eval()
 
