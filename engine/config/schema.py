@@ -30,6 +30,7 @@ Apply = Literal[
     "controlnet",
     "rebuild",
     "tempo",
+    "processor",
 ]
 # diffusers' LCMScheduler.set_timesteps refuses more steps than its config's original_inference_steps (default 50,
 # the value in every LCM and turbo config we load); engine/pipeline/schedule.py checks the real config too.
@@ -325,6 +326,9 @@ class MidiConfig(Section):
     map: str = at_start("", "Mapping file (YAML), also `--midi-map`; MIDI learn saves to it.")
 
 
+from engine.config.processors import ProcessorsConfig  # noqa: E402  (its models use Section, live, rebuild above)
+
+
 class Preset(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
@@ -340,3 +344,5 @@ class Preset(Section):
     )
     tempo: TempoConfig = Field(default_factory=TempoConfig)
     midi: MidiConfig = Field(default_factory=MidiConfig)
+    # ---- processor stages (engine/config/processors.py, engine/pipeline/stages.py) ----
+    processors: ProcessorsConfig = Field(default_factory=ProcessorsConfig)
