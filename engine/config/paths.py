@@ -1,13 +1,12 @@
 """Registry paths on a Preset: `section.field`, a whole list (`controlnets`, `processors.image_pre`) or a field of
 one of its entries (`controlnets.0.scale`, `processors.image_pre.0.zoom`: an entry may keep a field inside itself,
-through item_value / with_item, as a processor keeps its params). Reading, and assigning through the schema's validation without touching the
-preset it was given, for the live engine (its requested and in-effect values) and the control surface."""
+through item_value / with_item, as a processor keeps its params). Reading, and assigning through the schema's
+validation without touching the preset it was given, for the live engine (its requested and in-effect values) and
+the control surface."""
 
 from __future__ import annotations
 
 from typing import Any
-
-from pydantic import BaseModel
 
 from engine.config.schema import Preset
 from engine.core.errors import DreamwireError

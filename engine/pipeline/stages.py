@@ -29,7 +29,6 @@ from engine.pipeline.processors.context import Processor, StageContext
 from engine.pipeline.processors.feedback import Feedback
 from engine.pipeline.processors.latent_feedback import LatentFeedback
 
-
 # Each type's module (engine/config/processors.py names the same types, with their params).
 MAKERS: dict[str, Callable[[str, StageContext], Processor]] = {"feedback": Feedback, "latent_feedback": LatentFeedback}
 
