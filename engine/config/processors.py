@@ -30,7 +30,7 @@ class FeedbackParams(Section):
     zoom: float = live(1.0, "feedback: scale per frame (above 1 zooms in, e.g. 1.02).", "processor", ge=0.5, le=2)
     pan_x: float = live(0.0, "feedback: shift per frame, a fraction of the width.", "processor", ge=-0.5, le=0.5)
     pan_y: float = live(0.0, "feedback: shift per frame, a fraction of the height.", "processor", ge=-0.5, le=0.5)
-    rotation: float = live(0.0, "feedback: degrees per frame, counter-clockwise.", "processor", ge=-45, le=45)
+    rotation: float = live(0.0, "feedback: degrees per frame, counter-clockwise.", "processor", ge=-180, le=180)
     border: Literal["zeros", "border", "reflection"] = live(
         "zeros", "feedback: what fills the edges: zeros (black), border (edge pixels) or reflection.", "processor"
     )
@@ -82,9 +82,7 @@ class ProcessorConfig(Section):
     @classmethod
     def _known_type(cls, value: str) -> str:
         if value not in cls.TYPES:
-            raise ValueError(
-                f"unknown processor type {value!r} for an {cls.KIND} stage (allowed: {', '.join(cls.TYPES)})"
-            )
+            raise ValueError(f"unknown processor type {value!r} in {cls.KIND} stages (allowed: {', '.join(cls.TYPES)})")
         return value
 
     @field_validator("params")
@@ -162,6 +160,22 @@ class ProcessorsConfig(Section):
 
     def any(self) -> bool:
         return any(getattr(self, stage) for stage in STAGES)
+
+
+def numeric_params() -> list[tuple[str, int, str]]:
+    """(stage, index, param) of every number a processor has: what a timed transition can move."""
+    found = []
+    for stage in STAGES:
+        kind = LatentProcessorConfig if stage.startswith("latent") else ImageProcessorConfig
+        numbers = [name for name, field in kind.item_fields().items() if field.annotation in (float, "float")]
+        found += [(stage, index, name) for index in range(MAX_PROCESSORS) for name in numbers]
+    return found
+
+
+def item_path(path: str) -> tuple[str, int, str]:
+    """'processors.image_pre.0.zoom' → ('image_pre', 0, 'zoom')."""
+    _, stage, index, name = path.split(".")
+    return stage, int(index), name
 
 
 def _params_error(kind: str, model: type[BaseModel], error: ValidationError) -> str:

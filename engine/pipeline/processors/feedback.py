@@ -34,7 +34,6 @@ class Feedback:
         self._lifted = torch.zeros_like(self.previous)  # previous + 1: grid_sample's zeros become black
         self.grid = torch.zeros((f, height, width, 2), **options)  # where each output pixel samples previous
         self.strength = torch.zeros((), **options)  # s, a device scalar
-        self._out = torch.zeros_like(self.previous)
         self.state = (self.previous,)
         self._geometry: tuple[Any, ...] | None = None
 
@@ -46,10 +45,11 @@ class Feedback:
             self._geometry = geometry
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [f, 3, H, W] in [−1, 1] → the mix, in this processor's own buffer (x itself is left as it is)
+        # x: [f, 3, H, W] in [−1, 1] → the mix (x itself is left as it is). A new tensor laid out as x is (the
+        # loader's frames are channels-last): the encoder then computes exactly as without this processor at 0.
         torch.add(self.previous, 1.0, out=self._lifted)
         warped = F.grid_sample(self._lifted, self.grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        return torch.lerp(x, warped.sub_(1.0), self.strength, out=self._out)
+        return torch.lerp(x, warped.sub_(1.0), self.strength)
 
     def remember(self, latent: torch.Tensor, image: torch.Tensor) -> None:
         self.previous.copy_(image)
