@@ -341,7 +341,7 @@ BAD: list[tuple[str, tuple[Any, ...], str]] = [
     (f"{NS}/nope", (1,), "unknown address"),
     ("/nope", (), "unknown address"),
     ("/controlnets", ("[]",), "not supported yet"),
-    ("/fx/blur", (1.0,), "not supported yet"),
+    ("/fx/blur", (1.0,), "is mapped only for feedback_loop"),
     (f"{NS}/model/id", ("tiny",), "model.id is a rebuild key"),
     (f"{NS}/io/input", ("file:/etc/passwd",), "io.input is a rebuild key"),
     (f"{NS}/osc/allow", ("10.0.0.1",), "osc.allow is read at start"),

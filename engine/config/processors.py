@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from engine.config.schema import Section, live, rebuild
+from engine.config.fields import Section, live, rebuild
 
 STAGES = ("image_pre", "latent_pre", "latent_post", "image_post")
 MAX_PROCESSORS = 4  # per stage: the registry has paths for each index
@@ -160,6 +160,22 @@ class ProcessorsConfig(Section):
 
     def any(self) -> bool:
         return any(getattr(self, stage) for stage in STAGES)
+
+
+# The processor settings the flicker bench compares (engine/bench/flicker.py), by label. Each is a `processors`
+# section: StreamPipeline.prepared(models, stream, prompt, filter, processors=ProcessorsConfig.model_validate(
+# settings)), or a preset with preset.model_copy(update={"processors": ProcessorsConfig.model_validate(settings)}).
+BENCH_SETTINGS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "latent_feedback 0.3": {"latent_pre": [{"type": "latent_feedback", "strength": 0.3}]},
+    "latent_feedback 0.6": {"latent_pre": [{"type": "latent_feedback", "strength": 0.6}]},
+    "feedback 0.3": {"image_pre": [{"type": "feedback", "strength": 0.3}]},
+}
+
+
+def bench_settings() -> dict[str, ProcessorsConfig]:
+    """BENCH_SETTINGS, validated: label → the `processors` section to build a pipeline or an engine with."""
+    return {label: ProcessorsConfig.model_validate(settings) for label, settings in BENCH_SETTINGS.items()}
 
 
 def numeric_params() -> list[tuple[str, int, str]]:
