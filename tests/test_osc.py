@@ -24,6 +24,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 from engine.config import paths
 from engine.config.presets import load_preset
+from engine.config.processors import ProcessorsConfig
 from engine.config.registry import registry
 from engine.config.schema import ControlNetConfig, OscConfig, Preset
 from engine.control.coerce import osc_type
@@ -271,6 +272,18 @@ REBUILD_VALUES: dict[str, tuple[tuple[Any, ...], Any]] = {
         ('[{"model": "random", "preprocessor": "none"}]',),
         [ControlNetConfig(model="random", preprocessor="none")],
     ),
+    **{
+        f"processors.{stage}": (
+            (json.dumps([{"type": kind, "strength": 0.25}]),),
+            getattr(ProcessorsConfig.model_validate({stage: [{"type": kind, "strength": 0.25}]}), stage),
+        )
+        for stage, kind in (
+            ("image_pre", "feedback"),
+            ("latent_pre", "latent_feedback"),
+            ("latent_post", "latent_feedback"),
+            ("image_post", "feedback"),
+        )
+    },
 }
 
 
