@@ -31,8 +31,11 @@ class Feedback:
         self.size = (height, width)
         # previous: [f, 3, H, W] in [−1, 1], the last output frames; black before the first one
         self.previous = torch.full((f, 3, height, width), -1.0, **options)
-        self._lifted = torch.zeros_like(self.previous)  # previous + 1: grid_sample's zeros become black
-        self.grid = torch.zeros((f, height, width, 2), **options)  # where each output pixel samples previous
+        # The sampling runs in float32 whatever the model's dtype: in float16 a normalised coordinate is off by up
+        # to a quarter pixel at 512 wide, an error the feedback would compound frame after frame.
+        exact = {"device": context.device, "dtype": torch.float32}
+        self._lifted = torch.zeros((f, 3, height, width), **exact)  # previous + 1: grid_sample's zeros are black
+        self.grid = torch.zeros((f, height, width, 2), **exact)  # where each output pixel samples previous
         self.strength = torch.zeros((), **options)  # s, a device scalar
         self.state = (self.previous,)
         self._geometry: tuple[Any, ...] | None = None
@@ -49,7 +52,7 @@ class Feedback:
         # loader's frames are channels-last): the encoder then computes exactly as without this processor at 0.
         torch.add(self.previous, 1.0, out=self._lifted)
         warped = F.grid_sample(self._lifted, self.grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        return torch.lerp(x, warped.sub_(1.0), self.strength)
+        return torch.lerp(x, warped.sub_(1.0).to(x.dtype), self.strength)
 
     def remember(self, latent: torch.Tensor, image: torch.Tensor) -> None:
         self.previous.copy_(image)
