@@ -24,6 +24,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 from engine.config import paths
 from engine.config.presets import load_preset
+from engine.config.processors import ProcessorsConfig
 from engine.config.registry import registry
 from engine.config.schema import ControlNetConfig, OscConfig, Preset
 from engine.control.coerce import osc_type
@@ -271,6 +272,18 @@ REBUILD_VALUES: dict[str, tuple[tuple[Any, ...], Any]] = {
         ('[{"model": "random", "preprocessor": "none"}]',),
         [ControlNetConfig(model="random", preprocessor="none")],
     ),
+    **{
+        f"processors.{stage}": (
+            (json.dumps([{"type": kind, "strength": 0.25}]),),
+            getattr(ProcessorsConfig.model_validate({stage: [{"type": kind, "strength": 0.25}]}), stage),
+        )
+        for stage, kind in (
+            ("image_pre", "feedback"),
+            ("latent_pre", "latent_feedback"),
+            ("latent_post", "latent_feedback"),
+            ("image_post", "feedback"),
+        )
+    },
 }
 
 
@@ -341,7 +354,7 @@ BAD: list[tuple[str, tuple[Any, ...], str]] = [
     (f"{NS}/nope", (1,), "unknown address"),
     ("/nope", (), "unknown address"),
     ("/controlnets", ("[]",), "not supported yet"),
-    ("/fx/blur", (1.0,), "not supported yet"),
+    ("/fx/blur", (1.0,), "is mapped only for feedback_loop"),
     (f"{NS}/model/id", ("tiny",), "model.id is a rebuild key"),
     (f"{NS}/io/input", ("file:/etc/passwd",), "io.input is a rebuild key"),
     (f"{NS}/osc/allow", ("10.0.0.1",), "osc.allow is read at start"),

@@ -66,7 +66,9 @@ def render(preset: Preset, input_path: str | None, output_path: str, frames: int
     try:
         with ClipWriter(output_path) as writer:
             models = load_models(preset.model)
-            pipeline = StreamPipeline.prepared(models, stream, preset.prompt, preset.filter)
+            pipeline = StreamPipeline.prepared(
+                models, stream, preset.prompt, preset.filter, processors=preset.processors
+            )
             load = pipeline.frame_loader()
             start = time.perf_counter()
             for group, real in chunks(source, stream.frame_buffer_size):

@@ -86,7 +86,11 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
         if item["type"] == "extra_forbidden":
             section = path.rsplit(".", 1)[0] if "." in path else ""
             keys = (
-                sorted(p[len(section) + 1 :] for p in specs if p.startswith(section + "."))
+                sorted(
+                    p[len(section) + 1 :]
+                    for p in specs
+                    if p.startswith(section + ".") and "." not in p[len(section) + 1 :]
+                )
                 if section
                 else sorted({p.split(".")[0] for p in specs})
             )

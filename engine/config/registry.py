@@ -93,10 +93,12 @@ def _spec(path: str, field: FieldInfo, item: str = "") -> ParamSpec:
 
 
 def list_section(field: FieldInfo) -> tuple[type[BaseModel], int] | None:
-    """(entry model, most entries) of an indexed list section such as `controlnets`; None for a plain section."""
+    """(entry model, most entries) of an indexed list of entries such as `controlnets`; None otherwise."""
     if typing.get_origin(field.annotation) is not list:
         return None
     (entry,) = typing.get_args(field.annotation)
+    if not (isinstance(entry, type) and issubclass(entry, BaseModel)):
+        return None  # a list of values (t_index_list), not of entries
     most = next((m.max_length for m in field.metadata if getattr(m, "max_length", None) is not None), None)
     if most is None:
         raise AssertionError("a list section needs a max_length: its registry paths are made for each index")
@@ -105,25 +107,38 @@ def list_section(field: FieldInfo) -> tuple[type[BaseModel], int] | None:
 
 @cache
 def registry() -> dict[str, ParamSpec]:
-    """path → spec. A section's fields are `section.field`; an indexed list section (`controlnets`) is the whole
-    list under its own name (a rebuild) plus `controlnets.<i>.<field>` for every index it may have."""
+    """path → spec. A section's fields are `section.field`; an indexed list (a section such as `controlnets`, or a
+    section's field such as `processors.image_pre`) is the whole list under its own path (a rebuild) plus
+    `<list>.<i>.<field>` for every index it may have."""
     specs: dict[str, ParamSpec] = {}
     for section_name, section_field in Preset.model_fields.items():
         listed = list_section(section_field)
-        if listed is None:
-            section: type[BaseModel] = section_field.annotation  # type: ignore[assignment]
-            for name, field in section.model_fields.items():
-                specs[f"{section_name}.{name}"] = _spec(f"{section_name}.{name}", field)
+        if listed is not None:
+            _add_list(specs, section_name, section_field, *listed)
             continue
-        entry, most = listed
-        whole = _spec(section_name, section_field)
-        specs[section_name] = dataclasses.replace(whole, kind=f"list[{entry.__name__}]")
-        for index in range(most):
-            for name, field in entry.model_fields.items():
-                specs[f"{section_name}.{index}.{name}"] = _spec(
-                    f"{section_name}.{index}.{name}", field, item=f"{section_name}.<i>.{name}"
-                )
+        section: type[BaseModel] = section_field.annotation  # type: ignore[assignment]
+        for name, field in section.model_fields.items():
+            nested = list_section(field)
+            if nested is not None:
+                _add_list(specs, f"{section_name}.{name}", field, *nested)
+            else:
+                specs[f"{section_name}.{name}"] = _spec(f"{section_name}.{name}", field)
     return specs
+
+
+def _add_list(specs: dict[str, ParamSpec], path: str, field: FieldInfo, entry: type[BaseModel], most: int) -> None:
+    whole = _spec(path, field)
+    specs[path] = dataclasses.replace(whole, kind=f"list[{entry.__name__}]")
+    for index in range(most):
+        for name, item_field in item_fields(entry).items():
+            specs[f"{path}.{index}.{name}"] = _spec(f"{path}.{index}.{name}", item_field, item=f"{path}.<i>.{name}")
+
+
+def item_fields(entry: type[BaseModel]) -> dict[str, FieldInfo]:
+    """The fields of a list entry that have registry paths: its own, or those it names (a processor: `enabled`
+    and its types' params, engine/config/processors.py)."""
+    custom = getattr(entry, "item_fields", None)
+    return custom() if custom is not None else dict(entry.model_fields)
 
 
 def documented() -> list[ParamSpec]:

@@ -12,48 +12,17 @@ import ipaddress
 from itertools import pairwise
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+# Section and the field helpers live in fields.py, so that a section kept in a module of its own (processors.py)
+# uses them without importing this module, which imports that one.
+from engine.config.fields import Apply, Section, at_start, live, rebuild  # noqa: F401  (Apply: imported from here too)
+from engine.config.processors import ProcessorsConfig
 
 CfgType = Literal["none", "full", "self", "initialize"]
-# What applies a change (engine/live/loop.py has one handler per name). cond, uncond, guidance, delta and noise
-# are also the pipeline values a change can move over a duration (engine/live/targets.py).
-Apply = Literal[
-    "cond",
-    "uncond",
-    "guidance",
-    "delta",
-    "noise",
-    "schedule",
-    "filter",
-    "source",
-    "sinks",
-    "controlnet",
-    "rebuild",
-    "tempo",
-]
 # diffusers' LCMScheduler.set_timesteps refuses more steps than its config's original_inference_steps (default 50,
 # the value in every LCM and turbo config we load); engine/pipeline/schedule.py checks the real config too.
 MAX_INFERENCE_STEPS = 50
-
-
-def live(default: Any, doc: str, apply: Apply, **constraints: Any) -> Any:
-    """A parameter that changes between two frames, without a rebuild."""
-    return Field(default, description=doc, json_schema_extra={"live": True, "apply": apply}, **constraints)
-
-
-def rebuild(default: Any, doc: str, apply: Apply = "rebuild", **constraints: Any) -> Any:
-    """A parameter whose change rebuilds the pipeline (the last frame is held meanwhile); never changed over the
-    network. The io URIs use this too, with their own apply handler: they swap bridges, not the pipeline."""
-    return Field(default, description=doc, json_schema_extra={"live": False, "apply": apply}, **constraints)
-
-
-def at_start(default: Any, doc: str, **constraints: Any) -> Any:
-    """A parameter read once when `dreamwire run` starts (the control surface's own settings)."""
-    return Field(default, description=doc, json_schema_extra={"live": False, "startup": True}, **constraints)
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelConfig(Section):
@@ -341,3 +310,5 @@ class Preset(Section):
     )
     tempo: TempoConfig = Field(default_factory=TempoConfig)
     midi: MidiConfig = Field(default_factory=MidiConfig)
+    # ---- processor stages (engine/config/processors.py, engine/pipeline/stages.py) ----
+    processors: ProcessorsConfig = Field(default_factory=ProcessorsConfig)

@@ -57,7 +57,7 @@ Handler = Callable[[Surface, Sequence[Any]], None]
 Getter = Callable[[Surface], list[Any]]
 
 # What /preset changes (controlnets: the whole list, a rebuild key); io and osc stay as started.
-PRESET_SECTIONS = ("model", "stream", "prompt", "filter", "controlnets")
+PRESET_SECTIONS = ("model", "stream", "prompt", "filter", "controlnets", "processors")
 PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 

@@ -37,6 +37,16 @@ ALIASES: tuple[Route, ...] = (
     Route("/ssf/max_skip_frames", "filter.max_skip_frames", arguments="i"),
 )
 
+# StreamDiffusionTD's feedback_loop params (its FX processors page) → ours on a feedback processor, OSC types.
+FX_FEEDBACK_PARAMS = (
+    ("feedback_strength", "strength", "f"),
+    ("zoom", "zoom", "f"),
+    ("pan_x", "pan_x", "f"),
+    ("pan_y", "pan_y", "f"),
+    ("rotation", "rotation", "f"),
+    ("border_mode", "border", "s"),
+)
+
 # StreamDiffusionTD (UDP 8247 in, 8248 out): the same meaning under its names, so a patch only changes its port.
 # Its commands (/prompt_list, /seed_list, /pause, /play, /get_status) are in the command table.
 STREAMDIFFUSIONTD: tuple[Route, ...] = (
@@ -46,8 +56,17 @@ STREAMDIFFUSIONTD: tuple[Route, ...] = (
     Route("/guidance_scale", "prompt.guidance", arguments="f"),
     Route("/delta", "prompt.delta", arguments="f"),
     Route("/seed", "prompt.seed", arguments="i"),
+    # Its FX (`/fx/<processor>/<param>`: the first processor of that type; /latent_feedback_strength): ours are the
+    # first entry of image_pre (feedback) and of latent_pre (latent_feedback), processors.<stage>.0.<param>.
+    *(
+        Route(f"/fx/{name}/{param}", f"processors.image_pre.0.{ours}", arguments=kind)
+        for name in ("feedback_loop", "feedback_transform")
+        for param, ours, kind in FX_FEEDBACK_PARAMS
+    ),
+    Route("/fx/latent_feedback/feedback_strength", "processors.latent_pre.0.strength", arguments="f"),
+    Route("/latent_feedback_strength", "processors.latent_pre.0.strength", arguments="f"),
 )
-STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets", "/ipadapter_scale", "/cached_attention", "/fx/")
+STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets", "/ipadapter_scale", "/cached_attention")
 
 
 @cache
@@ -83,6 +102,11 @@ class Router:
                 raise DreamwireError(f"StreamDiffusionTD's {shown(name)} is not supported yet")
         if found is not None:
             return found
+        if relative.startswith("/fx/"):
+            raise DreamwireError(
+                "StreamDiffusionTD's /fx/… is mapped only for feedback_loop (feedback_transform) and latent_feedback: "
+                "ours are /processors/<stage>/<i>/<param> (README, processor stages)"
+            )
         raise DreamwireError("unknown address (the address space: README, or GET / on the OSCQuery port)")
 
     def relative(self, address: str) -> str:

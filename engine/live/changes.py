@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine.config import paths
+from engine.config.processors import item_path
 from engine.core.errors import DreamwireError
 from engine.live.controls import BlendPrompts, BlendSeeds, Control, Pause, Reset, SetValue, spec_of
 from engine.live.events import one_line
@@ -47,6 +48,7 @@ class Changes:
             "source": self._set_source,
             "sinks": self._set_sinks,
             "controlnet": self._set_controlnet,
+            "processor": self._set_processor,
             "rebuild": rebuilds.request,
         }
 
@@ -153,6 +155,17 @@ class Changes:
             running = now.pipeline.controlnets.units[index].config  # type: ignore[union-attr]
             # the scale as it is now (a transition may be moving it), the other fields as requested
             now.pipeline.set_controlnet(index, entries[index].model_copy(update={"scale": running.scale}))
+        now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_processor(self, control: SetValue) -> None:
+        """processors.<stage>.<i>.enabled or .<param>: into the running processor, in place; a number at once or
+        over the duration."""
+        now = self._now
+        if control.path in MORPHS:
+            now.move(control.path, float(control.value), control)
+        else:
+            now.pipeline.set_processor(*item_path(control.path), control.value)
         now.store(control)
         now.events.applied(control, control.value)
 

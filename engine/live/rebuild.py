@@ -65,7 +65,13 @@ def build_pipeline(
         uncond = models.encode_prompt(prompts["uncond"].value)
         embeddings = (encode_prompt(prompts["cond"], models.encode_prompt), uncond)
     pipeline = StreamPipeline.prepared(
-        models, target.stream, target.prompt, target.filter, embeddings, controlnets=target.controlnets
+        models,
+        target.stream,
+        target.prompt,
+        target.filter,
+        embeddings,
+        controlnets=target.controlnets,
+        processors=target.processors,
     )
     return models, pipeline
 
@@ -188,6 +194,7 @@ class Rebuilds:
         preset = now.preset.model_copy(deep=True)
         preset.model, preset.stream = rebuild.target.model, rebuild.target.stream
         preset.controlnets = rebuild.target.controlnets
+        preset.processors = rebuild.target.processors
         if models is not now.models:
             self._prompts.switch_model(models, rebuild.prompts)
         self._install(models, pipeline)

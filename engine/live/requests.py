@@ -52,8 +52,9 @@ class Requests:
         spec = spec_of(path)
         at_beat = self.tempo.at_beat(path, quantize)
         if not duration.is_cut and spec.apply not in MORPHS and path not in MORPHS:
-            movable = ", ".join(p for p, s in registry().items() if s.apply in MORPHS and not s.item)
-            movable += ", controlnets.<i>.scale"
+            movable = ", ".join(
+                dict.fromkeys(s.item or p for p, s in registry().items() if s.apply in MORPHS or p in MORPHS)
+            )
             raise DreamwireError(f"{path} cannot change over a duration, only at once (these can: {movable})")
         with self._lock:
             request_id = self._next_id

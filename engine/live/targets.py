@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.config.processors import numeric_params
 from engine.config.schema import MAX_CONTROLNETS
 from engine.live.blending import blend_embeddings, blend_noise, slerp
 from engine.live.controls import BlendPrompts, BlendSeeds, SetValue
@@ -62,6 +63,19 @@ def _controlnet_scale(index: int) -> Morph:
 
 # A ControlNet's scale moves like guidance; named by its registry path (one transition per entry).
 MORPHS.update({f"controlnets.{index}.scale": _controlnet_scale(index) for index in range(MAX_CONTROLNETS)})
+
+
+def _processor_param(stage: str, index: int, name: str) -> Morph:
+    """A processor's number (engine/pipeline/stages.py): written into its device tensors in place."""
+    return Morph(
+        lambda p: float(p.stages.value(stage, index, name)),
+        lambda p, v: p.set_processor(stage, index, name, float(v)),
+        lerp,
+    )
+
+
+# Every processor number moves like guidance, named by its registry path (processors.image_pre.0.zoom).
+MORPHS.update({f"processors.{s}.{i}.{n}": _processor_param(s, i, n) for s, i, n in numeric_params()})
 
 PromptSource = SetValue | BlendPrompts  # prompt.text / prompt.negative, or prompt.blend
 NoiseSource = SetValue | BlendSeeds  # prompt.seed, or seed.blend

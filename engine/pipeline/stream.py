@@ -24,6 +24,7 @@ from dataclasses import fields
 import torch
 
 from engine.backends.select import make_step_runner, select_backends
+from engine.config.processors import ProcessorsConfig
 from engine.config.schema import ControlNetConfig, FilterConfig, PromptConfig, StreamConfig, check_t_index_list
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy, GuidanceScalars, guided_unet_rows, select_cfg
@@ -34,12 +35,19 @@ from engine.pipeline.models import Models
 from engine.pipeline.schedule import SlotTables, build_slot_tables, slot_rows
 from engine.pipeline.sdxl import AddedConditioning, pooled_dim
 from engine.pipeline.similarity_filter import NoFilter, SimilarityFilter
+from engine.pipeline.stages import StageContext, Stages
 
 log = logging.getLogger(__name__)
 
 
 class StreamPipeline:
-    def __init__(self, models: Models, stream: StreamConfig, controlnets: Sequence[ControlNetConfig] = ()) -> None:
+    def __init__(
+        self,
+        models: Models,
+        stream: StreamConfig,
+        controlnets: Sequence[ControlNetConfig] = (),
+        processors: ProcessorsConfig | None = None,
+    ) -> None:
         self.models = models
         self.config = stream.model_copy(deep=True)  # its own copy: later preset edits don't reach it
         self.device, self.dtype = models.device, models.dtype
@@ -55,7 +63,11 @@ class StreamPipeline:
         self.latent_shape = (codec.latent_channels, stream.height // s, stream.width // s)  # (C, h, w)
         # Latent rows per UNet call (before CFG): all slots at once, or one slot at a time.
         self.unet_rows = self.slots * self.frames if stream.use_denoising_batch else self.frames
-        if stream.cuda_graph and stream.mode == "img2img" and isinstance(codec, KLCodec):
+        processors = processors or ProcessorsConfig()
+        # img2img encodes its input; txt2img too when image_pre has processors: they get a black frame instead of
+        # an input, so that feedback feeds the output back through the encoder (a self-feeding tunnel).
+        encodes = stream.mode == "img2img" or bool(processors.image_pre)
+        if stream.cuda_graph and encodes and isinstance(codec, KLCodec):
             raise DreamwireError(
                 "stream.cuda_graph needs a deterministic VAE encoder (TAESD, e.g. model.vae=madebyollin/taesd): "
                 "AutoencoderKL samples its latent with a CPU generator, which a CUDA graph cannot replay"
@@ -84,9 +96,8 @@ class StreamPipeline:
             self._denoise_batch if stream.use_denoising_batch else self._denoise_sequential
         )
         self._shift_stock_noise: Callable[[], None] = self._shift if self.slots > 1 else _nothing
-        img2img = stream.mode == "img2img"
-        self._encode_input: Callable[[torch.Tensor | None], None] = self._encode_image if img2img else _nothing
-        self._draw_input: Callable[[], None] = _nothing if img2img else self._draw_noise  # outside any graph
+        self._encode_input: Callable[[torch.Tensor | None], None] = self._encode_image if encodes else _nothing
+        self._draw_input: Callable[[], None] = _nothing if encodes else self._draw_noise  # outside any graph
         # Buffers, allocated once at fixed shapes (their addresses never change: see the module docstring).
         rows = (self.slots * self.frames, *self.latent_shape)
         buffer = lambda: torch.zeros(rows, device=self.device, dtype=self.dtype)  # noqa: E731
@@ -98,6 +109,16 @@ class StreamPipeline:
         self._first_noise = torch.zeros_like(self.noise[: self.frames])  # b_0·z_0
         self._buffer_noise = torch.zeros_like(self.noise[self.frames :])  # b_{j+1}·z_{j+1}
         self.scalars = GuidanceScalars(self.device, self.dtype)  # g and δ as device tensors
+        # Processor stages (engine/pipeline/stages.py): their hooks in _model_step, their buffers allocated here.
+        size = (self.frames, 3, stream.height, stream.width)
+        self._black = torch.full(size, -1.0, device=self.device, dtype=self.dtype)  # txt2img's image_pre input
+        self._frame_in: Callable[[torch.Tensor | None], torch.Tensor | None] = (
+            self._black_frame if encodes and stream.mode != "img2img" else _same
+        )
+        context = StageContext(
+            self.frames, stream.height, stream.width, self.latent_shape, self.device, self.dtype, self._noised_to_first
+        )
+        self.stages = Stages(processors, context)
         self.txt2img_generator = torch.Generator(self.device)
         self.tables: SlotTables | None = None
         self.cfg: CfgStrategy | None = None
@@ -141,9 +162,10 @@ class StreamPipeline:
         filter_config: FilterConfig,
         embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         controlnets: Sequence[ControlNetConfig] = (),
+        processors: ProcessorsConfig | None = None,
     ) -> StreamPipeline:
         """A pipeline for these settings, prepared and ready for step() (embeddings: see prepare())."""
-        pipeline = cls(models, stream, controlnets)
+        pipeline = cls(models, stream, controlnets, processors)
         pipeline.prepare(prompt, filter_config, embeddings)
         pipeline.warm_up()
         return pipeline
@@ -191,6 +213,7 @@ class StreamPipeline:
         self.set_guidance(prompt.guidance, prompt.delta)
         self.set_embeddings(self.cond, self.uncond)
         self.set_filter(filter_config or FilterConfig(), seed=prompt.seed)
+        self.stages.reset()
         self.last_output = None
         log.debug(
             "prepared: %d slots x %d frames, latent %s, cfg %s", self.slots, self.frames, self.latent_shape, self.cfg
@@ -309,6 +332,12 @@ class StreamPipeline:
         """The newest frame of ControlNet `index`'s external source [f, 3, H, W] in [−1, 1], before a step."""
         self.controlnets.set_external(index, image)  # type: ignore[union-attr]
 
+    def set_processor(self, stage: str, index: int, name: str, value: object) -> None:
+        """Live: processor `index` of `stage`: its `enabled` or a param, written into its device tensors in place;
+        only switching a processor on or off re-captures."""
+        if self.stages.set(stage, index, name, value):
+            self._run.invalidate()
+
     def set_filter(self, config: FilterConfig, seed: int = 0) -> None:
         self.filter = SimilarityFilter(config.threshold, config.max_skip_frames, seed) if config.enabled else NoFilter()
 
@@ -332,25 +361,35 @@ class StreamPipeline:
         return self.last_output
 
     def _model_step(self, image: torch.Tensor | None) -> torch.Tensor:
+        # 1b. image_pre stages on the new frames (feedback FX); txt2img with image_pre: on a black frame.
+        frames_in = self.stages.image_pre(self._frame_in(image))
         # 2. Encode the new frames into x_t[:f], noised to the first timestep; (2a) the ControlNets' control
-        # images from the same frames, one per UNet row (their residuals join every UNet call in 4).
-        self._encode_input(image)
+        # images from the input frames, one per UNet row (their residuals join every UNet call in 4).
+        self._encode_input(frames_in)
         self._prepare_control(image)
+        # 2b. latent_pre stages on the new frames' latent x_t[:f], in place (latent feedback).
+        self.stages.latent_pre(self.x_t[: self.frames])
         # 3 to 7. Denoise every slot: noise shift, UNet + CFG, LCM step, residual, re-noise into the buffer.
         x0_out = self._denoise()
-        # 8. Decode the output latent: the frames that finished their last step (n − 1 frames of latency).
-        return self.codec.decode(x0_out)
+        # 7b. latent_post stages on x0 of the finishing slot, in place.
+        self.stages.latent_post(x0_out)
+        # 8. Decode the output latent: the frames that finished their last step (n − 1 frames of latency);
+        # (8b) image_post stages on them, and every processor remembers this step's output.
+        frames_out = self.stages.image_post(self.codec.decode(x0_out))
+        self.stages.remember(x0_out, frames_out)
+        return frames_out
 
     @contextmanager
     def _state_kept(self) -> Iterator[None]:
         """Runs of the step inside (warm-up, capture) leave the stream's state as it was."""
-        kept = [self.x_t.clone(), self.stock_noise.clone()]
+        state = (self.x_t, self.stock_noise, *self.stages.state)
+        kept = [tensor.clone() for tensor in state]
         generators = [self.generator.get_state(), self.txt2img_generator.get_state()]
         try:
             yield
         finally:
-            self.x_t.copy_(kept[0])
-            self.stock_noise.copy_(kept[1])
+            for tensor, saved in zip(state, kept, strict=True):
+                tensor.copy_(saved)
             self.generator.set_state(generators[0])
             self.txt2img_generator.set_state(generators[1])
 
@@ -358,6 +397,13 @@ class StreamPipeline:
         # x_new = a_0·ℓ + b_0·z_0   [f, C, h, w]
         latent = self.codec.encode(image)
         torch.add(self.tables.alpha[: self.frames] * latent, self._first_noise, out=self.x_t[: self.frames])
+
+    def _black_frame(self, _: torch.Tensor | None) -> torch.Tensor:
+        return self._black
+
+    def _noised_to_first(self, x0: torch.Tensor, out: torch.Tensor) -> None:
+        # a_0·x0 + b_0·z_0   [f, C, h, w]: a latent noised as the new frames are (latent feedback)
+        torch.addcmul(self._first_noise, self.tables.alpha[: self.frames], x0, out=out)
 
     def _draw_noise(self) -> None:
         # txt2img: the new rows start from fresh, seeded Gaussian noise.
@@ -416,3 +462,7 @@ def lcm_step(x: torch.Tensor, eps: torch.Tensor, tables: SlotTables) -> torch.Te
 
 def _nothing(*_: object) -> None:
     return None
+
+
+def _same(image: torch.Tensor | None) -> torch.Tensor | None:
+    return image
