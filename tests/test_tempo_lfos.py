@@ -150,3 +150,28 @@ def test_lfos_on_strength_and_a_controlnet_scale_over_osc_and_a_missing_entry_re
         f"{NS}/lfo: LFO on stream.width: it changes only with a rebuild (or at start), never per frame",
     ]
     assert set(r.engine.tempo.modulators.running) == {"strength", "controlnets.0.scale"}
+
+
+def test_an_lfo_on_a_processor_strength_moves_its_device_scalar_within_range(tiny_taesd_models: Models):
+    """Processor params are registry numbers too (processors.<stage>.<i>.<param>): an LFO reaches them unchanged."""
+    from test_processors_live import with_processors
+
+    engine = LiveEngine(with_processors(), models=tiny_taesd_models)
+    try:
+        now = FakeTime()
+        engine.tempo.clock.now = now
+        engine.tempo.clock.follow(bpm=120.0, beat=0.0)
+        latent = engine.pipeline.stages.processors["latent_pre"][0]
+        engine.tempo.modulators.set(check_lfo("processors.latent_pre.0.strength", "sine", 1.0, "beats", 0.5))
+        seen = []
+        for frame in range(12):
+            beat = frame / 12
+            now.t = engine.tempo.clock.time_of(beat)
+            engine.apply_pending_controls()
+            expected = min(max(0.3 + 0.5 * math.sin(2 * math.pi * beat), 0.0), 1.0)
+            assert float(latent.strength) == pytest.approx(expected, abs=1e-6), beat
+            seen.append(float(latent.strength))
+        assert min(seen) == 0.0 and max(seen) == pytest.approx(0.8, abs=1e-6)
+        assert engine.preset.processors.latent_pre[0].params["strength"] == 0.3  # the base stays in effect
+    finally:
+        engine.close()
