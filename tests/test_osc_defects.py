@@ -207,7 +207,7 @@ class _FrameClock:
 # Four controllers (TouchDesigner, Max, a phone, a fader box): four sockets, so four senders to the server, in one
 # process that sends their datagrams in turn as fast as it can (argv: port, the file of length-prefixed datagrams).
 # One process, so that the senders' own CPU takes at most one of the two cores: what is measured is what receiving
-# costs the engine (four sending processes alone held a frame 190-340 ms on the loaded 2-core test machine, with
+# costs the engine (four sending processes alone held a frame 190-330 ms on the loaded 2-core test machine, with
 # nothing reading the socket).
 _SENDER = """
 import socket, struct, sys
