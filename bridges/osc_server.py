@@ -8,13 +8,15 @@ logged at debug level, never raised. Bundles are handled at once whatever their 
 must never put the server to sleep). A 4 MB receive buffer for bursts; an optional allow-list of sender IPs.
 It knows nothing of the engine.
 
-Floods: after a datagram, the ones already waiting in the socket are read too (up to MAX_BATCH). When more than
-FLOOD_BATCH were waiting (a flood, not a controller's ordinary stream: those are all answered), then in a run of
-messages to one address for which `newest_wins(address)` says so (the control surface: parameters and blends),
-only the newest is parsed and handed on; the others are counted (`osc_coalesced`) and dropped unread, as the
-engine would supersede them (and, like a superseded change, they are answered by nothing). Four controllers
-flooding one fader then cost the server a read each, not a parse and a validation each, and the engine thread
-keeps the GIL it needs for its frames.
+Floods: after a datagram, the ones already waiting in the socket are read too (up to MAX_BATCH), and the batch is
+sorted out before anything is handed on. When more than FLOOD_BATCH were waiting (a flood, not a controller's
+ordinary stream: those are all answered), a message to an address for which `newest_wins(address)` says so (the
+control surface: parameters and blends) is dropped unread when a later message of the batch to the same address
+will be handed on (from an allowed sender, well-formed) and only newest-wins messages come between the two: any
+other message (a command, /get, a transition, a bundle, an unknown address) keeps its place, and nothing is moved
+past it. So four controllers on one fader, or one TouchDesigner OSC Out CHOP sending all its channels every frame,
+cost a read per datagram and a parse per address. Each dropped message is counted (`osc_coalesced`) and, like a
+superseded change, answered by nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 Sender = tuple[str, int]
 OnMessage = Callable[[str, list[Any], Sender], None]
 NewestWins = Callable[[str], bool]
+Messages = list[tuple[str, list[Any]]]
 
 MAX_BATCH = 1024  # datagrams read in one go from the socket before any is handled
 FLOOD_BATCH = 64  # more waiting than this is a flood: runs to one address are coalesced (see the docstring)
@@ -110,7 +113,7 @@ def _padded(size: int) -> int:
     return (size + 3) // 4 * 4
 
 
-def parse(data: bytes) -> list[tuple[str, list[Any]]]:
+def parse(data: bytes) -> Messages:
     """Every message of a checked datagram, in order (bundles flattened; their time tags ignored)."""
     return [(timed.message.address, list(timed.message.params)) for timed in OscPacket(data).messages]
 
@@ -151,7 +154,7 @@ class OscServer:
         self.datagrams = 0  # every datagram received, accepted or not
         self.malformed = 0
         self.refused = 0  # from a sender outside osc.allow
-        self.coalesced = 0  # dropped unread: a newer message to the same address followed in the same burst
+        self.coalesced = 0  # dropped unread: a newer message to the same address followed in the same flood
         try:
             self._server = _Server((host, port), self)
         except OSError as error:
@@ -178,15 +181,14 @@ class OscServer:
         self._serving.close()
 
     def receive(self, data: bytes, sender: Sender) -> None:
-        """On the server thread: this datagram and those already waiting, a burst's older duplicates dropped."""
+        """On the server thread: this datagram and those already waiting, each parsed once, a flood's superseded
+        messages dropped unread (see the module docstring), the rest handed on in the order they came."""
         batch = [(data, sender), *self._waiting()]
         self.datagrams += len(batch)
-        flood = len(batch) > FLOOD_BATCH
-        for index, (datagram, source) in enumerate(batch):
-            if flood and index + 1 < len(batch) and self._superseded(datagram, batch[index + 1][0]):
-                self.coalesced += 1
-                continue
-            self._handle(datagram, source)
+        coalesce = len(batch) > FLOOD_BATCH and self.newest_wins is not None
+        for source, messages in self._sorted_out(batch, coalesce):
+            for address, args in messages:
+                self.on_message(address, args, source)
 
     def _waiting(self) -> list[tuple[bytes, Sender]]:
         """The datagrams already in the socket's buffer (up to MAX_BATCH - 1), read without waiting."""
@@ -201,33 +203,57 @@ class OscServer:
             sock.settimeout(None)
         return found
 
-    def _superseded(self, datagram: bytes, following: bytes) -> bool:
-        """The next datagram is a message to the same address, and only the newest of those matters."""
-        if self.newest_wins is None or datagram.startswith(BUNDLE_HEAD) or following.startswith(BUNDLE_HEAD):
-            return False
-        end = datagram.find(b"\0")
-        if end <= 0 or following[: end + 1] != datagram[: end + 1]:
-            return False
-        try:
-            return self.newest_wins(datagram[:end].decode())
-        except UnicodeDecodeError:
-            return False
+    def _sorted_out(self, batch: list[tuple[bytes, Sender]], coalesce: bool) -> list[tuple[Sender, Messages]]:
+        """The batch's messages to hand on, in order. Walked from the newest: `later` holds the newest-wins
+        addresses with a message already kept further on and only newest-wins messages since; any other
+        message empties it, so nothing is dropped across a command, a bundle or an unknown address."""
+        kept: list[tuple[Sender, Messages]] = []
+        later: set[bytes] = set()
+        wins: dict[bytes, bool] = {}  # newest_wins per address, asked once per batch
+        for datagram, source in reversed(batch):
+            address = self._newest_wins_address(datagram, wins) if coalesce else None
+            if address is None:
+                later.clear()
+            elif address in later and self._allowed(source):
+                self.coalesced += 1
+                continue
+            messages = self._parsed(datagram, source)
+            if messages is None:
+                continue
+            if address is not None:
+                later.add(address)
+            kept.append((source, messages))
+        kept.reverse()
+        return kept
 
-    def _handle(self, data: bytes, sender: Sender) -> None:
-        """Check the sender, check and parse the datagram (once), hand its messages on."""
-        if self.allow and sender[0] not in self.allow:
+    def _newest_wins_address(self, datagram: bytes, wins: dict[bytes, bool]) -> bytes | None:
+        """The datagram's address when it is a message to a newest-wins address, else None."""
+        if not datagram.startswith(b"/"):
+            return None  # a bundle (its messages keep their place) or something malformed
+        address = datagram[: datagram.find(b"\0")]
+        if address not in wins:
+            try:
+                wins[address] = self.newest_wins is not None and self.newest_wins(address.decode())
+            except UnicodeDecodeError:
+                wins[address] = False
+        return address if wins[address] else None
+
+    def _allowed(self, sender: Sender) -> bool:
+        return not self.allow or sender[0] in self.allow
+
+    def _parsed(self, data: bytes, sender: Sender) -> Messages | None:
+        """Check the sender, check and parse the datagram (once): its messages, or None (counted, logged)."""
+        if not self._allowed(sender):
             self.refused += 1
             log.debug("OSC: datagram from %s refused (not in osc.allow)", sender[0])
-            return
+            return None
         try:
             check_packet(data)
-            messages = parse(data)
+            return parse(data)
         except Exception as error:  # any parse failure of a stranger's datagram: count it, never raise
             self.malformed += 1
             log.debug("OSC: malformed datagram from %s (%d bytes): %s", sender[0], len(data), error)
-            return
-        for address, args in messages:
-            self.on_message(address, args, sender)
+            return None
 
     def counters(self) -> dict[str, int]:
         return {

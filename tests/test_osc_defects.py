@@ -204,83 +204,101 @@ class _FrameClock:
         self._thread.join()
 
 
-# Four controllers are four processes (TouchDesigner, Max, a phone, a fader box), each sending its datagrams as
-# fast as it can: argv = port, then the file of length-prefixed datagrams.
+# Four controllers (TouchDesigner, Max, a phone, a fader box): four sockets, so four senders to the server, in one
+# process that sends their datagrams in turn as fast as it can (argv: port, the file of length-prefixed datagrams).
+# One process, so that the senders' own CPU takes at most one of the two cores: what is measured is what receiving
+# costs the engine (four sending processes alone held a frame 190-330 ms on the loaded 2-core test machine, with
+# nothing reading the socket).
 _SENDER = """
 import socket, struct, sys
-data = open(sys.argv[2], "rb").read()
-out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+data, datagrams, at = open(sys.argv[2], "rb").read(), [], 0
+while at < len(data):  # split before the burst: what is timed is sending, as controllers do
+    (size,) = struct.unpack_from(">I", data, at)
+    datagrams.append(data[at + 4 : at + 4 + size])
+    at += 4 + size
+sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+for out in sockets:
+    out.connect(("127.0.0.1", int(sys.argv[1])))
 print("ready", flush=True)
 sys.stdin.read(1)  # go
-at = 0
-while at < len(data):
-    (size,) = struct.unpack_from(">I", data, at)
-    out.sendto(data[at + 4 : at + 4 + size], ("127.0.0.1", int(sys.argv[1])))
-    at += 4 + size
+for datagram in datagrams:
+    for out in sockets:
+        out.send(datagram)
 """
 
 
-@pytest.mark.parametrize(
-    ("address", "args_of"),
-    [
-        (f"{NS}/prompt/guidance", lambda i: (1.0 + (i % 100) / 100,)),
-        (f"{NS}/seed/blend", lambda i: (i % 50, 0.5, 1 + i % 50, 0.5)),
-    ],
-    ids=["guidance", "seed_blend"],
-)
-def test_a_burst_of_four_senders_2000_messages_each_leaves_no_frame_gap_over_3_frame_times(
-    rig, address, args_of, tmp_path
-):
+def _one_fader(i: int) -> tuple[str, tuple[Any, ...]]:
+    return f"{NS}/prompt/guidance", (1.0 + (i % 100) / 100,)
+
+
+def _interleaved_channels(i: int) -> tuple[str, tuple[Any, ...]]:
+    """An OSC Out CHOP: every channel each frame, interleaved (a seed blend among them)."""
+    if i % 4 == 3:
+        return f"{NS}/seed/blend", (i % 50, 0.5, 1 + i % 50, 0.5)
+    name = ("prompt/guidance", "prompt/delta", "filter/threshold")[i % 4]
+    return f"{NS}/{name}", (0.5 + (i % 100) / 1000,)
+
+
+@pytest.mark.parametrize("message_of", [_one_fader, _interleaved_channels], ids=lambda f: f.__name__.strip("_"))
+def test_a_burst_of_four_senders_2000_messages_each_leaves_no_frame_gap_over_3_frame_times(rig, message_of, tmp_path):
     import struct
     import subprocess
     import sys
 
+    import torch
+
     from engine.commands.run import ENGINE_SWITCH_INTERVAL
 
     r = rig()
-    previous = sys.getswitchinterval()
+    previous = sys.getswitchinterval(), torch.get_num_threads()
     sys.setswitchinterval(ENGINE_SWITCH_INTERVAL)  # as `dreamwire run` runs the engine
+    # One intra-op thread: with two OpenMP threads on a shared 2-core machine a frame waits for whichever thread
+    # is descheduled (measured: quiet frames from 25 ms to 4.7 s within one run), which would drown what is
+    # measured here; with one, quiet frames stayed within 2x of their median.
+    torch.set_num_threads(1)
     clock = _FrameClock(r)
     try:
         clock.wait_frames(20)
-        frame_time = statistics.median(b - a for a, b in itertools.pairwise(clock.stamps[-16:]))
+        before = statistics.median(b - a for a, b in itertools.pairwise(clock.stamps[-16:]))
         burst = tmp_path / "burst.bin"
-        burst.write_bytes(
-            b"".join(struct.pack(">I", len(d)) + d for d in (message(address, *args_of(i)) for i in range(2000)))
+        datagrams = (message(address, *args) for address, args in map(message_of, range(2000)))
+        burst.write_bytes(b"".join(struct.pack(">I", len(d)) + d for d in datagrams))
+        # Started and ready before the burst, so that starting a process is not part of what is measured.
+        sender = subprocess.Popen(
+            [sys.executable, "-c", _SENDER, str(r.surface.server.port), str(burst)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
-        port = str(r.surface.server.port)
-        # Started and ready before the burst, so that starting four processes is not part of what is measured.
-        command = [sys.executable, "-c", _SENDER, port, str(burst)]
-        senders = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(4)]
-        for sender in senders:
-            assert sender.stdout is not None and sender.stdout.readline() == b"ready\n"
+        assert sender.stdin is not None and sender.stdout is not None
+        assert sender.stdout.readline() == b"ready\n"
         clock.wait_frames(3)
         first = len(clock.stamps)
         start = time.perf_counter()
-        for sender in senders:
-            assert sender.stdin is not None
-            sender.stdin.close()  # go
-        for sender in senders:
-            assert sender.wait(60) == 0
+        sender.stdin.close()  # go
+        assert sender.wait(60) == 0
         deadline = time.perf_counter() + 60
         while r.surface.server.datagrams < 8000 and time.perf_counter() < deadline:
             time.sleep(0.01)
         clock.wait_frames(10)  # the drain of everything queued, and after it
-        stamps = [start, *clock.stamps[first:]]
-        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        last = len(clock.stamps)
+        clock.wait_frames(10)
     finally:
         clock.close()
-        sys.setswitchinterval(previous)
-    assert r.surface.server.datagrams == 8000, "the test must deliver its whole burst to mean anything"
-    # Only the newest of a run to one address is parsed and applied: the burst costs a few changes, not 8,000.
-    assert r.surface.server.coalesced >= 7900, r.surface.server.coalesced
+        sys.setswitchinterval(previous[0])
+        torch.set_num_threads(previous[1])
+    gaps = [b - a for a, b in itertools.pairwise([start, *clock.stamps[first:last]])]
+    # The frame time of the machine as loaded around the burst (other processes change a shared machine's speed
+    # within seconds): the slower of the medians of the 16 frames before the burst and of the 10 after its drain.
+    after = statistics.median(b - a for a, b in itertools.pairwise(clock.stamps[last - 1 :]))
+    frame_time = max(before, after)
+    server = r.surface.server
+    assert server.datagrams == 8000, "the test must deliver its whole burst to mean anything"
+    # Only the newest message per address of a flood is parsed and applied: the burst costs a few changes, not 8,000.
+    assert server.coalesced >= 7800 and server.malformed == server.refused == 0, server.counters()
     worst = max(gaps)
     print(
-        f"{address}: frame time {1000 * frame_time:.1f} ms, worst gap {1000 * worst:.1f} ms over {len(gaps)} frames, "
-        f"{r.surface.server.coalesced} of 8000 coalesced"
+        f"{message_of.__name__}: frame time {1000 * before:.1f} ms before, {1000 * after:.1f} ms after; worst gap"
+        f" {1000 * worst:.1f} ms ({worst / frame_time:.2f} frame times) over {len(gaps)} frames;"
+        f" {server.coalesced} of 8000 coalesced"
     )
-    # What is left is CPython's GIL handed between the engine thread and the OSC thread once per datagram read
-    # (8,000 reads), which on a loaded 2-core machine costs a few frame times of a tiny CPU model's frame: the issue's
-    # bound of 3 frame times holds here only on a quiet machine, so the bound asserted is also 1 s (on main: 1.4 s for
-    # guidance, 3.6 s for seed blends, with every message parsed and applied).
-    assert worst <= max(3 * frame_time, 1.0), f"a {1000 * worst:.0f} ms gap (frame time {1000 * frame_time:.1f} ms)"
+    assert worst <= 3 * frame_time, f"a {1000 * worst:.0f} ms gap (frame time {1000 * frame_time:.1f} ms)"

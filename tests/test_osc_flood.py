@@ -62,3 +62,29 @@ def test_a_flood_keeps_the_newest_of_each_run_and_every_other_message():
         ("/fader", [1000 + second - 1]),
     ]
     assert server.datagrams == len(datagrams) and server.coalesced == first - 1 + second - 1
+
+
+def test_a_flood_keeps_the_newest_per_address_between_ordered_messages_and_never_drops_for_a_bad_one():
+    # An OSC Out CHOP sends all its channels every frame: /a /b /a /b … Between two ordered messages (here /query),
+    # each newest-wins address keeps its newest message; nothing moves past the ordered one.
+    datagrams = [_message(f"/{name}", i) for i in range(40) for name in ("a", "b")]
+    datagrams += [_message("/query", 1)]
+    datagrams += [_message(f"/{name}", 100 + i) for i in range(40) for name in ("b", "a")]
+    # A newer message that will not be handed on (malformed: a float tag, no float) supersedes nothing.
+    datagrams += [_message("/a", 500), b"/a\x00\x00,f\x00\x00"]
+    handled, server = _serve_once(datagrams)
+    assert handled == [("/a", [39]), ("/b", [39]), ("/query", [1]), ("/b", [139]), ("/a", [500])]
+    assert server.malformed == 1
+    assert server.datagrams == len(datagrams) == server.coalesced + len(handled) + server.malformed
+
+
+def test_a_flood_message_from_a_refused_sender_supersedes_nothing():
+    server = OscServer("127.0.0.1", 0, lambda *a: None, ["10.0.0.1"], lambda a: True)
+    try:
+        batch = [(_message("/fader", i), ("10.0.0.1", 9000)) for i in range(FLOOD_BATCH)]
+        batch.append((_message("/fader", -1), ("10.0.0.66", 9000)))  # outside osc.allow
+        kept = server._sorted_out(batch, coalesce=True)
+    finally:
+        server.close()
+    assert kept == [(("10.0.0.1", 9000), [("/fader", [FLOOD_BATCH - 1])])]
+    assert server.refused == 1 and server.coalesced == FLOOD_BATCH - 1

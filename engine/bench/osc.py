@@ -4,15 +4,21 @@ its own thread (as `dreamwire run` has them):
 - latency: a datagram sent → the parameter applied at the next frame boundary (p50/p99 over many changes, sent
   at random moments relative to the frames); the target is p99 < one frame time + 2 ms, checked message by
   message against the frame that was in progress when it was sent (frame times vary);
-- burst: output fps while 2,000 messages arrive within a second, against fps without them.
+- burst: output fps while 2,000 messages arrive within a second, against fps without them, and the longest frame
+  gap from the burst's start until it is drained, as a ratio to the quiet frame time (the issue's bound: 3);
+- flood: the same gap ratio while four sockets send 2,000 messages each as fast as they can, a message to each
+  of four addresses in turn (an OSC Out CHOP), from a process of their own as controllers are.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import random
 import socket
 import struct
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -106,8 +112,11 @@ def osc_benchmarks(models: Models, preset: Preset, messages: int = 200, seed: in
         while len(rig.applied) < messages and time.perf_counter() < deadline:
             time.sleep(0.01)
         boundaries = rig.boundaries[first_boundary:]
+        quiet_first = len(rig.boundaries)
         quiet_fps = rig.frames_in(1.0)
-        burst_fps, burst_seconds = _burst_fps(rig, 2000)
+        quiet_frame = float(np.median(np.diff(rig.boundaries[quiet_first:])))
+        burst_fps, burst_seconds, burst_gap = _burst_fps(rig, 2000)
+        flood_gap, flood_coalesced = _flood_gap(rig)
     finally:
         rig.close()
     done = [v for v in sent if v in rig.applied]
@@ -136,6 +145,10 @@ def osc_benchmarks(models: Models, preset: Preset, messages: int = 200, seed: in
         "fps_quiet": quiet_fps,
         "fps_during_burst": burst_fps,
         "burst_seconds": burst_seconds,
+        "quiet_frame_ms": 1000 * quiet_frame,
+        "burst_worst_gap_ratio": burst_gap / quiet_frame,
+        "flood_worst_gap_ratio": flood_gap / quiet_frame,
+        "flood_coalesced": flood_coalesced,
     }
 
 
@@ -156,8 +169,9 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def _burst_fps(rig: _Rig, count: int) -> tuple[float, float]:
-    """Output fps while `count` messages are sent within about a second; and how long sending took."""
+def _burst_fps(rig: _Rig, count: int) -> tuple[float, float, float]:
+    """Output fps while `count` messages are sent within about a second; how long sending took; and the longest
+    frame gap (seconds) from the first message until 5 frames after the last one was applied."""
     first, start = rig.frames, time.perf_counter()
     for index in range(count):
         rig.send(_float32(3.0 + 0.001 * (index % 1000)))
@@ -165,7 +179,65 @@ def _burst_fps(rig: _Rig, count: int) -> tuple[float, float]:
             time.sleep(max(0.0, start + (index + 1) / (count * 1.1) - time.perf_counter()))
     sending = time.perf_counter() - start
     time.sleep(max(0.0, 1.0 - sending))
-    return (rig.frames - first) / (time.perf_counter() - start), sending
+    fps = (rig.frames - first) / (time.perf_counter() - start)
+    return fps, sending, _worst_gap(rig, start)
+
+
+def _worst_gap(rig: _Rig, start: float, frames_after: int = 5) -> float:
+    """The longest gap between frame boundaries from `start` on, once `frames_after` more frames came."""
+    target, deadline = len(rig.boundaries) + frames_after, time.perf_counter() + 30
+    while len(rig.boundaries) < target and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    stamps = [start, *(t for t in rig.boundaries if t > start)]
+    return max(b - a for a, b in itertools.pairwise(stamps))
+
+
+# Four controllers as four sockets in one process of their own (argv: the port): the datagrams come as hex lines
+# on stdin up to an empty line, then "go" is stdin's end.
+_FLOOD_SENDER = """
+import socket, sys
+datagrams = [bytes.fromhex(line) for line in iter(sys.stdin.readline, "\\n")]
+sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+for out in sockets:
+    out.connect(("127.0.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+sys.stdin.read()  # go
+for datagram in datagrams:
+    for out in sockets:
+        out.send(datagram)
+"""
+_FLOOD_CHANNELS = (
+    (ADDRESS, 1.2),
+    ("/dreamwire/prompt/delta", 0.5),
+    ("/dreamwire/filter/threshold", 0.9),
+    ("/dreamwire/strength", 0.5),
+)  # (address, lowest value): an OSC Out CHOP's channels
+
+
+def _flood_gap(rig: _Rig, count: int = 2000) -> tuple[float, int]:
+    """The longest frame gap (seconds) while four sockets send `count` messages each, as fast as they can, until
+    the server has read them all and 5 more frames came; and how many the server coalesced."""
+    server = rig.surface.server
+    assert server is not None
+    datagrams = []
+    for index in range(count):
+        address, low = _FLOOD_CHANNELS[index % len(_FLOOD_CHANNELS)]
+        datagrams.append(_message(address, _float32(low + 0.001 * (index % 100))))
+    sender = subprocess.Popen(
+        [sys.executable, "-c", _FLOOD_SENDER, str(server.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert sender.stdin is not None and sender.stdout is not None
+    sender.stdin.write(b"".join(d.hex().encode() + b"\n" for d in datagrams) + b"\n")
+    sender.stdin.flush()
+    assert sender.stdout.readline() == b"ready\n"
+    datagrams_before, coalesced_before = server.datagrams, server.coalesced
+    start = time.perf_counter()
+    sender.stdin.close()  # go
+    sender.wait(60)
+    deadline = time.perf_counter() + 30
+    while server.datagrams - datagrams_before < 4 * count and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    return _worst_gap(rig, start), server.coalesced - coalesced_before
 
 
 def format_osc(result: dict[str, Any]) -> str:
@@ -176,5 +248,9 @@ def format_osc(result: dict[str, Any]) -> str:
         f" {result['frame_p99_ms']:.2f} ms. Latency − the frame in progress when sent: p99"
         f" {result['excess_p99_ms']:.2f} ms (target < 2 ms: {'met' if result['met'] else 'NOT met'})\n"
         f"OSC burst: {result['fps_quiet']:.1f} fps quiet, {result['fps_during_burst']:.1f} fps while 2000 messages"
-        f" arrived in {result['burst_seconds']:.2f} s"
+        f" arrived in {result['burst_seconds']:.2f} s; longest frame gap {result['burst_worst_gap_ratio']:.2f} quiet"
+        f" frame times ({result['quiet_frame_ms']:.1f} ms)\n"
+        f"OSC flood (4 senders x 2000, 4 addresses interleaved): longest frame gap"
+        f" {result['flood_worst_gap_ratio']:.2f} quiet frame times (target <= 3); {result['flood_coalesced']} of 8000"
+        f" coalesced"
     )
