@@ -30,6 +30,7 @@ Apply = Literal[
     "controlnet",
     "rebuild",
     "tempo",
+    "feature_bank",
 ]
 # diffusers' LCMScheduler.set_timesteps refuses more steps than its config's original_inference_steps (default 50,
 # the value in every LCM and turbo config we load); engine/pipeline/schedule.py checks the real config too.
@@ -325,6 +326,10 @@ class MidiConfig(Section):
     map: str = at_start("", "Mapping file (YAML), also `--midi-map`; MIDI learn saves to it.")
 
 
+# Sections with a module of their own (they import Section and live() from here, so they come after them).
+from engine.config.feature_bank import FeatureBankConfig  # noqa: E402
+
+
 class Preset(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
@@ -340,3 +345,4 @@ class Preset(Section):
     )
     tempo: TempoConfig = Field(default_factory=TempoConfig)
     midi: MidiConfig = Field(default_factory=MidiConfig)
+    feature_bank: FeatureBankConfig = Field(default_factory=FeatureBankConfig)

@@ -24,11 +24,13 @@ from dataclasses import fields
 import torch
 
 from engine.backends.select import make_step_runner, select_backends
+from engine.config.feature_bank import FeatureBankConfig
 from engine.config.schema import ControlNetConfig, FilterConfig, PromptConfig, StreamConfig, check_t_index_list
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy, GuidanceScalars, guided_unet_rows, select_cfg
 from engine.pipeline.codec import KLCodec, make_codec
 from engine.pipeline.controlnet import ControlledUNet, ControlNets, check_stream, load_controlnets
+from engine.pipeline.feature_bank import BankedUNet, FeatureBank
 from engine.pipeline.image import FrameLoader, HostFrames
 from engine.pipeline.models import Models
 from engine.pipeline.schedule import SlotTables, build_slot_tables, slot_rows
@@ -38,7 +40,13 @@ log = logging.getLogger(__name__)
 
 
 class StreamPipeline:
-    def __init__(self, models: Models, stream: StreamConfig, controlnets: Sequence[ControlNetConfig] = ()) -> None:
+    def __init__(
+        self,
+        models: Models,
+        stream: StreamConfig,
+        controlnets: Sequence[ControlNetConfig] = (),
+        feature_bank: FeatureBankConfig | None = None,
+    ) -> None:
         self.models = models
         self.config = stream.model_copy(deep=True)  # its own copy: later preset edits don't reach it
         self.device, self.dtype = models.device, models.dtype
@@ -72,6 +80,11 @@ class StreamPipeline:
             self.dtype,
         )
         self.unet, self.codec, self.acceleration = backends.unet, backends.vae, backends.name
+        # The feature bank (engine/pipeline/feature_bank.py): its rings hold the n·f latent rows' past features.
+        self.feature_bank = FeatureBank(
+            models.unet, self.slots * self.frames, self.latent_shape[1:], self.device, self.dtype
+        )
+        self.unet = self._banked = BankedUNet(self.unet, self.feature_bank)
         # ControlNets (engine/pipeline/controlnet.py): the UNet backend with their residuals added, and step 2a.
         self.controlnets = self._build_controlnets(stream, list(controlnets))
         self._prepare_control: Callable[[torch.Tensor | None], None] = _nothing
@@ -104,6 +117,7 @@ class StreamPipeline:
         self.filter: SimilarityFilter | NoFilter = NoFilter()
         self.last_output: torch.Tensor | None = None
         self.skipped = False  # whether the last step() was skipped by the similarity filter
+        self.set_feature_bank(feature_bank or FeatureBankConfig())
 
     def _build_controlnets(self, stream: StreamConfig, configs: list[ControlNetConfig]) -> ControlNets | None:
         if not configs:
@@ -133,9 +147,10 @@ class StreamPipeline:
         filter_config: FilterConfig,
         embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         controlnets: Sequence[ControlNetConfig] = (),
+        feature_bank: FeatureBankConfig | None = None,
     ) -> StreamPipeline:
         """A pipeline for these settings, prepared and ready for step() (embeddings: see prepare())."""
-        pipeline = cls(models, stream, controlnets)
+        pipeline = cls(models, stream, controlnets, feature_bank)
         pipeline.prepare(prompt, filter_config, embeddings)
         pipeline.warm_up()
         return pipeline
@@ -175,6 +190,7 @@ class StreamPipeline:
         self.noise.copy_(self._draw_noise_from(self.generator))
         self.x_t.zero_()
         self.stock_noise.zero_()
+        self.feature_bank.reset()
         self.txt2img_generator.manual_seed(prompt.seed)
         self.set_schedule(self.config.t_index_list, self.config.num_inference_steps)
         if embeddings is None:
@@ -297,6 +313,14 @@ class StreamPipeline:
         """The newest frame of ControlNet `index`'s external source [f, 3, H, W] in [−1, 1], before a step."""
         self.controlnets.set_external(index, image)  # type: ignore[union-attr]
 
+    def set_feature_bank(self, config: FeatureBankConfig) -> None:
+        """Live: interval and fusion are written in place; enabled or max_frames make the rings anew (empty) and
+        capture the step again. The model is never reloaded."""
+        check_feature_bank(self.config, config)
+        if self.feature_bank.configure(config):
+            self._banked.choose()
+            self._run.invalidate()
+
     def set_filter(self, config: FilterConfig, seed: int = 0) -> None:
         self.filter = SimilarityFilter(config.threshold, config.max_skip_frames, seed) if config.enabled else NoFilter()
 
@@ -333,12 +357,14 @@ class StreamPipeline:
     def _state_kept(self) -> Iterator[None]:
         """Runs of the step inside (warm-up, capture) leave the stream's state as it was."""
         kept = [self.x_t.clone(), self.stock_noise.clone()]
+        bank = self.feature_bank.snapshot()
         generators = [self.generator.get_state(), self.txt2img_generator.get_state()]
         try:
             yield
         finally:
             self.x_t.copy_(kept[0])
             self.stock_noise.copy_(kept[1])
+            self.feature_bank.restore(bank)
             self.generator.set_state(generators[0])
             self.txt2img_generator.set_state(generators[1])
 
@@ -400,6 +426,22 @@ class StreamPipeline:
 def lcm_step(x: torch.Tensor, eps: torch.Tensor, tables: SlotTables) -> torch.Tensor:
     """The LCM boundary-condition step; the operation order follows the reference's, for exact seeds."""
     return tables.c_out * ((x - tables.beta * eps) / tables.alpha) + tables.c_skip * x
+
+
+def check_feature_bank(stream: StreamConfig, config: FeatureBankConfig) -> None:
+    """A bank this stream can run, or a one-line DreamwireError naming why not."""
+    if not (config.enabled and config.max_frames):
+        return
+    if not stream.use_denoising_batch:
+        raise DreamwireError(
+            "feature_bank needs stream.use_denoising_batch: true (its rings follow Stream Batch's rows, one UNet "
+            "call per frame)"
+        )
+    if stream.acceleration == "tensorrt":
+        raise DreamwireError(
+            "feature_bank with stream.acceleration tensorrt is not supported yet (its engine has no bank inputs); "
+            "use none or compile, with stream.cuda_graph"
+        )
 
 
 def _nothing(*_: object) -> None:

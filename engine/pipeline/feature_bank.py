@@ -1,0 +1,332 @@
+"""The feature bank (cached attention, after StreamV2V): the UNet's self-attention also attends to the keys and
+values of earlier frames, and its deep layers may fuse each output feature with its nearest earlier one.
+
+Per self-attention layer (attn1) and Stream Batch slot, with T tokens of width D and F = max_frames:
+
+    out = softmax(Q·[K_now ; K_bank]ᵀ/√d)·[V_now ; V_bank]       K_bank, V_bank: [F·T, D] of that slot's past
+    fused = out + fusion_strength·[cos(out, O_nn) ≥ fusion_threshold]·(O_nn − out)   (deep layers only)
+
+where O_nn is the bank output (the layer's unfused output of an earlier frame) most similar to `out` by cosine.
+An empty ring slot is masked out of both, so a fresh bank computes exactly the plain attention.
+
+Rows: the bank keeps r = n·f rows, one per latent row of Stream Batch (slot i's frames), so row j always attends to
+row j's own past: a frame at step i is matched with earlier frames at the same step i. Under CFG the UNet call has
+B ≥ r rows, the conditional ones last ([uncond ; cond] under full, [uncond×f ; cond] under initialize: see
+engine/pipeline/cfg.py). The uncond rows read the past of their conditional twin (the same slot) and are never
+stored: the bank's layout does not depend on guidance (no reset when it crosses 1), it takes half the memory under
+full, and ε_c − ε_u compares the two prompts under the same temporal context.
+
+Fixed buffers (a CUDA graph replays them; engine/backends/cuda_graph.py): every ring is [r, F, T, D], allocated
+when the bank is configured and written in place. The ring's next slot (head), its fill count, the frame count and
+the live numbers (interval, fusion strength and threshold) are device tensors: an update every `interval` frames
+is a masked write (torch.where), never a Python branch. enabled and max_frames change the buffers' shapes: the step
+is captured again (or recompiled), the model is not reloaded.
+
+The processors are installed once on the (shared) UNet's attn1 layers and compute the plain attention while no bank
+is bound: a pipeline binds its bank only around its own UNet call (BankedUNet), so other pipelines built from the
+same models are unaffected. A UNet runs one call at a time (the engine thread; a rebuild warms up while the engine
+holds its frame).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from engine.config.feature_bank import FeatureBankConfig
+
+log = logging.getLogger(__name__)
+
+# Fusion runs where StreamV2V runs it: the deepest self-attention layers (few tokens, most semantic features).
+FUSION_BLOCKS = ("mid_block", "up_blocks.0", "up_blocks.1")
+ATTN1 = ".attn1.processor"
+
+
+class LayerView(Protocol):
+    """What a bank processor reads and writes for one layer: a runtime ring (BankLayer) or an exported graph's
+    inputs and outputs (ExportLayer)."""
+
+    rows: int  # r: the bank's rows (the conditional UNet rows)
+    valid: torch.Tensor  # [F] bool: ring slots holding a frame
+    strength: torch.Tensor  # 0-dim: fusion strength
+    threshold: torch.Tensor  # 0-dim: fusion threshold
+
+    def past(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Keys [r, F·T, D], values [r, F·T, D], outputs [r, F·T, C] (None: no fusion in this layer)."""
+        ...
+
+    def keep(self, keys: torch.Tensor, values: torch.Tensor, outputs: torch.Tensor) -> None:
+        """This frame's conditional rows: keys, values [r, T, D], unfused outputs [r, T, C]."""
+        ...
+
+
+class BankAttnProcessor:
+    """attn1's processor: the processor it replaced while no bank is bound, the banked attention while one is."""
+
+    def __init__(self, name: str, plain: Callable[..., torch.Tensor]) -> None:
+        self.name, self.plain = name, plain
+        self.fusion = name.startswith(FUSION_BLOCKS)
+        self.view: LayerView | None = None
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if self.view is None:
+            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        return banked_attention(attn, hidden_states, self.view)
+
+
+def banked_attention(attn: Any, hidden_states: torch.Tensor, view: LayerView) -> torch.Tensor:
+    """Self-attention over [now ; bank] (hidden_states [B, T, C], attn1 of a transformer block), then fusion."""
+    batch, tokens, _ = hidden_states.shape
+    rows = view.rows
+    query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    past_keys, past_values, past_outputs = view.past()
+    # [B, T·(1 + F)]: this frame's tokens always, a ring slot's tokens while it holds a frame.
+    slots = view.valid.shape[0]
+    valid = view.valid[:, None].expand(slots, tokens).reshape(slots * tokens)
+    attend = torch.cat([torch.ones(tokens, dtype=torch.bool, device=valid.device), valid])
+    keys = torch.cat([key, _twins(past_keys, batch, rows)], dim=1)
+    values = torch.cat([value, _twins(past_values, batch, rows)], dim=1)
+    heads = attn.heads
+    head_dim = key.shape[-1] // heads
+    query = query.view(batch, -1, heads, head_dim).transpose(1, 2)
+    keys = keys.view(batch, -1, heads, head_dim).transpose(1, 2)
+    values = values.view(batch, -1, heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        keys = attn.norm_k(keys)
+    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=attend.view(1, 1, 1, -1))
+    out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
+    out = attn.to_out[1](attn.to_out[0](out))
+    if attn.residual_connection:
+        out = out + hidden_states
+    out = out / attn.rescale_output_factor
+    view.keep(key[batch - rows :], value[batch - rows :], out[batch - rows :])
+    if past_outputs is None:
+        return out
+    return fuse(out, _twins(past_outputs, batch, rows), valid, view.strength, view.threshold)
+
+
+def fuse(
+    out: torch.Tensor, bank: torch.Tensor, valid: torch.Tensor, strength: torch.Tensor, threshold: torch.Tensor
+) -> torch.Tensor:
+    """Nearest-neighbour fusion: out [B, T, C], bank [B, F·T, C], valid [F·T] bool → out blended, per token, with
+    its most similar valid bank feature where their cosine similarity reaches the threshold."""
+    similarity = F.normalize(out, dim=-1) @ F.normalize(bank, dim=-1).transpose(1, 2)  # [B, T, F·T]
+    similarity = similarity.masked_fill(~valid, -2.0)  # an empty slot is never the nearest (cosine ≥ −1)
+    best, index = similarity.max(dim=-1)
+    nearest = bank.gather(1, index[..., None].expand_as(out))
+    weight = (best >= threshold).to(out.dtype)[..., None] * strength
+    return out + weight * (nearest - out)
+
+
+def _twins(past: torch.Tensor, batch: int, rows: int) -> torch.Tensor:
+    """The bank rows [r, …] for a UNet call of `batch` rows: the leading uncond rows read their cond twin's."""
+    return past if batch == rows else torch.cat([past[: batch - rows], past])
+
+
+def install_processors(unet: torch.nn.Module) -> dict[str, BankAttnProcessor]:
+    """The bank processors on every attn1 layer (idempotent; the modules are shared by every pipeline built from
+    the same models). Other processors (cross-attention, IP-Adapter's) are left as they are."""
+    processors = dict(unet.attn_processors)
+    if not all(isinstance(p, BankAttnProcessor) for n, p in processors.items() if n.endswith(ATTN1)):
+        unet.set_attn_processor(
+            {
+                name: BankAttnProcessor(name, p) if name.endswith(ATTN1) and not isinstance(p, BankAttnProcessor) else p
+                for name, p in processors.items()
+            }
+        )
+        processors = dict(unet.attn_processors)
+    return {name: p for name, p in processors.items() if isinstance(p, BankAttnProcessor)}
+
+
+def layer_shapes(unet: torch.nn.Module, latent_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+    """attn1 layer name → (tokens T, key width D, output width C) at this latent size (h, w)."""
+    levels = len(unet.config.block_out_channels)
+    h, w = latent_size
+    shapes: dict[str, tuple[int, int, int]] = {}
+    for name, module in unet.named_modules():
+        if not name.endswith(".attn1"):
+            continue
+        block, _, rest = name.partition(".")
+        level = levels - 1 if block == "mid_block" else int(rest.split(".")[0])
+        if block == "up_blocks":
+            level = levels - 1 - level
+        scale = 2**level
+        shapes[name + ".processor"] = (
+            -(-h // scale) * -(-w // scale),
+            module.to_k.out_features,
+            module.to_out[0].out_features,
+        )
+    return shapes
+
+
+@dataclass
+class BankLayer:
+    """One attn1 layer's ring [r, F, T, ·] and this frame's features [r, T, ·], at fixed addresses."""
+
+    rows: int
+    keys: torch.Tensor
+    values: torch.Tensor
+    outputs: torch.Tensor | None  # only in fusion layers
+    fresh_keys: torch.Tensor
+    fresh_values: torch.Tensor
+    fresh_outputs: torch.Tensor
+    valid: torch.Tensor
+    strength: torch.Tensor
+    threshold: torch.Tensor
+
+    def past(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        r, frames, tokens, _ = self.keys.shape
+        flat = lambda ring: ring.view(r, frames * tokens, ring.shape[-1])  # noqa: E731  (a view: no copy)
+        return flat(self.keys), flat(self.values), None if self.outputs is None else flat(self.outputs)
+
+    def keep(self, keys: torch.Tensor, values: torch.Tensor, outputs: torch.Tensor) -> None:
+        self.fresh_keys.copy_(keys)
+        self.fresh_values.copy_(values)
+        self.fresh_outputs.copy_(outputs)
+
+    def rings(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pairs = [(self.keys, self.fresh_keys), (self.values, self.fresh_values)]
+        return pairs if self.outputs is None else [*pairs, (self.outputs, self.fresh_outputs)]
+
+
+class FeatureBank:
+    """A pipeline's bank: the rings of every attn1 layer for its r latent rows, and the device counters."""
+
+    def __init__(
+        self, unet: torch.nn.Module, rows: int, latent_size: tuple[int, int], device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.unet, self.rows, self.latent_size, self.device, self.dtype = unet, rows, latent_size, device, dtype
+        self.processors: dict[str, BankAttnProcessor] = {}
+        self.layers: dict[str, BankLayer] = {}
+        self.frames = 0  # F, the ring's size (0: no bank)
+        count = lambda: torch.zeros((), dtype=torch.int64, device=device)  # noqa: E731
+        self.head, self.fill, self.frame = count(), count(), count()  # next slot, slots filled, frames since reset
+        self.interval = count()
+        self.strength = torch.zeros((), dtype=dtype, device=device)
+        self.threshold = torch.zeros((), dtype=dtype, device=device)
+        self.valid = torch.zeros(0, dtype=torch.bool, device=device)
+        self._slots = torch.zeros(0, dtype=torch.int64, device=device)
+
+    @property
+    def active(self) -> bool:
+        return self.frames > 0
+
+    def configure(self, config: FeatureBankConfig) -> bool:
+        """Apply a config: the live numbers in place; True when the rings were made anew (the step must be
+        captured again), which empties the bank."""
+        self.interval.fill_(config.interval)
+        self.strength.fill_(config.fusion_strength)
+        self.threshold.fill_(config.fusion_threshold)
+        frames = config.max_frames if config.enabled else 0
+        if frames == self.frames:
+            return False
+        self.frames = frames
+        self._allocate()
+        return True
+
+    def _allocate(self) -> None:
+        frames, r = self.frames, self.rows
+        self.layers = {}
+        self.valid = torch.zeros(frames, dtype=torch.bool, device=self.device)
+        self._slots = torch.arange(frames, device=self.device)
+        self.reset()
+        if not frames:
+            return
+        self.processors = install_processors(self.unet)
+        empty = lambda *shape: torch.zeros(shape, dtype=self.dtype, device=self.device)  # noqa: E731
+        for name, (tokens, width, channels) in layer_shapes(self.unet, self.latent_size).items():
+            fusion = self.processors[name].fusion
+            self.layers[name] = BankLayer(
+                rows=r,
+                keys=empty(r, frames, tokens, width),
+                values=empty(r, frames, tokens, width),
+                outputs=empty(r, frames, tokens, channels) if fusion else None,
+                fresh_keys=empty(r, tokens, width),
+                fresh_values=empty(r, tokens, width),
+                fresh_outputs=empty(r, tokens, channels),
+                valid=self.valid,
+                strength=self.strength,
+                threshold=self.threshold,
+            )
+        size = sum(t.numel() * t.element_size() for layer in self.layers.values() for t, _ in layer.rings())
+        log.info("feature bank: %d frames x %d rows over %d layers (%.1f MB)", frames, r, len(self.layers), size / 1e6)
+
+    def reset(self) -> None:
+        """Empty (a reset of the stream): every slot invalid, counters at 0; buffers kept where they are."""
+        for counter in (self.head, self.fill, self.frame):
+            counter.zero_()
+        self.valid.zero_()
+
+    @contextmanager
+    def bound(self) -> Iterator[None]:
+        """The processors read and write this bank for the calls inside (one UNet call)."""
+        for name, layer in self.layers.items():
+            self.processors[name].view = layer
+        try:
+            yield
+        finally:
+            for name in self.layers:
+                self.processors[name].view = None
+
+    def store(self) -> None:
+        """After the UNet call: this frame's features into the ring's head slot, every `interval` frames (a masked
+        write: no branch, no host sync); then the counters advance."""
+        update = torch.remainder(self.frame, self.interval) == 0  # 0-dim bool
+        slot = self.head.view(1)
+        for layer in self.layers.values():
+            for ring, fresh in layer.rings():
+                kept = ring.index_select(1, slot)  # [r, 1, T, ·]
+                ring.index_copy_(1, slot, torch.where(update, fresh.unsqueeze(1), kept))
+        step = update.to(torch.int64)
+        self.head.copy_(torch.remainder(self.head + step, self.frames))
+        self.fill.copy_(torch.clamp(self.fill + step, max=self.frames))
+        torch.lt(self._slots, self.fill, out=self.valid)
+        self.frame.add_(1)
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """Copies of every buffer the step changes (for warm-up and capture runs, which must leave no trace)."""
+        rings = [ring for layer in self.layers.values() for ring, _ in layer.rings()]
+        return [t.clone() for t in (*rings, self.head, self.fill, self.frame, self.valid)]
+
+    def restore(self, saved: list[torch.Tensor]) -> None:
+        rings = [ring for layer in self.layers.values() for ring, _ in layer.rings()]
+        for tensor, kept in zip((*rings, self.head, self.fill, self.frame, self.valid), saved, strict=True):
+            tensor.copy_(kept)
+
+
+class BankedUNet:
+    """The UNet backend with the bank bound around each call, then stored. While the bank is off it calls the
+    backend straight through: the path is chosen when the bank is configured, not per frame."""
+
+    def __init__(self, inner: Callable[..., torch.Tensor], bank: FeatureBank) -> None:
+        self.inner, self.bank = inner, bank
+        self.choose()
+
+    def choose(self) -> None:
+        self._call: Callable[..., torch.Tensor] = self._banked if self.bank.active else self.inner
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, *residuals: Any) -> torch.Tensor:
+        return self._call(x, t, embeddings, *residuals)
+
+    def _banked(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, *residuals: Any) -> torch.Tensor:
+        with self.bank.bound():
+            eps = self.inner(x, t, embeddings, *residuals)
+        self.bank.store()
+        return eps
