@@ -43,6 +43,7 @@ class Changes:
             "source": self._set_source,
             "sinks": self._set_sinks,
             "controlnet": self._set_controlnet,
+            "feature_bank": self._set_feature_bank,
             "rebuild": rebuilds.request,
         }
 
@@ -119,6 +120,15 @@ class Changes:
             running = now.pipeline.controlnets.units[index].config  # type: ignore[union-attr]
             # the scale as it is now (a transition may be moving it), the other fields as requested
             now.pipeline.set_controlnet(index, entries[index].model_copy(update={"scale": running.scale}))
+        now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_feature_bank(self, control: SetValue) -> None:
+        """feature_bank.*: the live numbers in place; enabled or max_frames make the rings anew and re-capture the
+        step (engine/pipeline/feature_bank.py), never a rebuild."""
+        now = self._now
+        _, config, _ = paths.assigned(now.preset, control.path, control.value)
+        now.pipeline.set_feature_bank(config)
         now.store(control)
         now.events.applied(control, control.value)
 

@@ -368,7 +368,12 @@ class LiveEngine:
 
     def _build(self, models: Models, preset: Preset) -> StreamPipeline:
         return StreamPipeline.prepared(
-            models, preset.stream, preset.prompt, preset.filter, controlnets=preset.controlnets
+            models,
+            preset.stream,
+            preset.prompt,
+            preset.filter,
+            controlnets=preset.controlnets,
+            feature_bank=preset.feature_bank,
         )
 
     def install(self, models: Models, pipeline: StreamPipeline) -> None:

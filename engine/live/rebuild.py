@@ -65,7 +65,13 @@ def build_pipeline(
         uncond = models.encode_prompt(prompts["uncond"].value)
         embeddings = (encode_prompt(prompts["cond"], models.encode_prompt), uncond)
     pipeline = StreamPipeline.prepared(
-        models, target.stream, target.prompt, target.filter, embeddings, controlnets=target.controlnets
+        models,
+        target.stream,
+        target.prompt,
+        target.filter,
+        embeddings,
+        controlnets=target.controlnets,
+        feature_bank=target.feature_bank,
     )
     return models, pipeline
 
