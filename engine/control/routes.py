@@ -47,7 +47,7 @@ STREAMDIFFUSIONTD: tuple[Route, ...] = (
     Route("/delta", "prompt.delta", arguments="f"),
     Route("/seed", "prompt.seed", arguments="i"),
 )
-STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets", "/ipadapter_scale", "/cached_attention", "/fx/")
+STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets", "/ipadapter_scale", "/fx/")
 
 
 @cache
