@@ -79,7 +79,7 @@ def test_banked_attention_is_extended_attention_over_concatenated_keys(tiny_taes
         rows=rows,
         keys=randn(rows, frames, tokens, width),
         values=randn(rows, frames, tokens, width),
-        outputs=None,
+        outputs=randn(rows, frames, tokens, channels),  # fused at strength 0: no change
         fresh_keys=torch.zeros(rows, tokens, width),
         fresh_values=torch.zeros(rows, tokens, width),
         fresh_outputs=torch.zeros(rows, tokens, channels),

@@ -194,7 +194,7 @@ def format_flicker(result: dict[str, Any]) -> list[str]:
             continue
         s, m = entry["static"], entry["moving"]
         lines.append(
-            f"| {name} | {s['diff']:.2f} | {s['warp']:.2f} | {m['diff']:.2f} | {m['warp']:.2f} | "
+            f"| {name} | {s['diff']:.3f} | {s['warp']:.3f} | {m['diff']:.3f} | {m['warp']:.3f} | "
             f"{entry['fps']:.1f} | {entry['fps_ratio_to_none']:.2f} |"
         )
     return lines

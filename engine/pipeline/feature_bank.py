@@ -34,11 +34,13 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from engine.backends.onnx_export import TEXT_TOKENS, UNET_INPUTS, UNET_OUTPUT, export_module
 from engine.config.feature_bank import FeatureBankConfig
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,10 @@ class LayerView(Protocol):
 
     def keep(self, keys: torch.Tensor, values: torch.Tensor, outputs: torch.Tensor) -> None:
         """This frame's conditional rows: keys, values [r, T, D], unfused outputs [r, T, C]."""
+        ...
+
+    def twins(self, past: torch.Tensor, batch: int) -> torch.Tensor:
+        """The bank rows [r, …] for a UNet call of `batch` rows: the leading uncond rows read their cond twin's."""
         ...
 
 
@@ -99,8 +105,8 @@ def banked_attention(attn: Any, hidden_states: torch.Tensor, view: LayerView) ->
     slots = view.valid.shape[0]
     valid = view.valid[:, None].expand(slots, tokens).reshape(slots * tokens)
     attend = torch.cat([torch.ones(tokens, dtype=torch.bool, device=valid.device), valid])
-    keys = torch.cat([key, _twins(past_keys, batch, rows)], dim=1)
-    values = torch.cat([value, _twins(past_values, batch, rows)], dim=1)
+    keys = torch.cat([key, view.twins(past_keys, batch)], dim=1)
+    values = torch.cat([value, view.twins(past_values, batch)], dim=1)
     heads = attn.heads
     head_dim = key.shape[-1] // heads
     query = query.view(batch, -1, heads, head_dim).transpose(1, 2)
@@ -119,7 +125,7 @@ def banked_attention(attn: Any, hidden_states: torch.Tensor, view: LayerView) ->
     view.keep(key[batch - rows :], value[batch - rows :], out[batch - rows :])
     if past_outputs is None:
         return out
-    return fuse(out, _twins(past_outputs, batch, rows), valid, view.strength, view.threshold)
+    return fuse(out, view.twins(past_outputs, batch), valid, view.strength, view.threshold)
 
 
 def fuse(
@@ -133,11 +139,6 @@ def fuse(
     nearest = bank.gather(1, index[..., None].expand_as(out))
     weight = (best >= threshold).to(out.dtype)[..., None] * strength
     return out + weight * (nearest - out)
-
-
-def _twins(past: torch.Tensor, batch: int, rows: int) -> torch.Tensor:
-    """The bank rows [r, …] for a UNet call of `batch` rows: the leading uncond rows read their cond twin's."""
-    return past if batch == rows else torch.cat([past[: batch - rows], past])
 
 
 def install_processors(unet: torch.nn.Module) -> dict[str, BankAttnProcessor]:
@@ -199,7 +200,12 @@ class BankLayer:
     def keep(self, keys: torch.Tensor, values: torch.Tensor, outputs: torch.Tensor) -> None:
         self.fresh_keys.copy_(keys)
         self.fresh_values.copy_(values)
-        self.fresh_outputs.copy_(outputs)
+        if self.outputs is not None:
+            self.fresh_outputs.copy_(outputs)
+
+    def twins(self, past: torch.Tensor, batch: int) -> torch.Tensor:
+        # the batch is fixed for a captured step (a CFG strategy): a view when there are no uncond rows
+        return past if batch == self.rows else torch.cat([past[: batch - self.rows], past])
 
     def rings(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         pairs = [(self.keys, self.fresh_keys), (self.values, self.fresh_values)]
@@ -260,7 +266,7 @@ class FeatureBank:
                 outputs=empty(r, frames, tokens, channels) if fusion else None,
                 fresh_keys=empty(r, tokens, width),
                 fresh_values=empty(r, tokens, width),
-                fresh_outputs=empty(r, tokens, channels),
+                fresh_outputs=empty(r, tokens, channels) if fusion else empty(0),
                 valid=self.valid,
                 strength=self.strength,
                 threshold=self.threshold,
@@ -330,3 +336,122 @@ class BankedUNet:
             eps = self.inner(x, t, embeddings, *residuals)
         self.bank.store()
         return eps
+
+
+# ---- the bank as a graph's inputs and outputs (ONNX, TensorRT) --------------------------------------------------
+
+
+class ExportLayer:
+    """One layer's bank as graph inputs (the past, flat [r, F·T, ·]) and outputs (this frame's features)."""
+
+    def __init__(
+        self,
+        rows: int,
+        past: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+        valid: torch.Tensor,
+        strength: torch.Tensor,
+        threshold: torch.Tensor,
+    ) -> None:
+        self.rows, self._past, self.valid, self.strength, self.threshold = rows, past, valid, strength, threshold
+        self.kept: list[torch.Tensor] = []
+
+    def past(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return self._past
+
+    def keep(self, keys: torch.Tensor, values: torch.Tensor, outputs: torch.Tensor) -> None:
+        self.kept = [keys, values] if self._past[2] is None else [keys, values, outputs]
+
+    def twins(self, past: torch.Tensor, batch: int) -> torch.Tensor:
+        # The batch is dynamic in the graph (guidance ≤ 1 drops the uncond rows): row i reads bank row i for the
+        # B − r leading uncond rows, row i − (B − r) after them.
+        index = torch.arange(batch, device=past.device)
+        extra = batch - self.rows
+        return past.index_select(0, index - extra * (index >= extra).to(index.dtype))
+
+
+def bank_io_names(processors: dict[str, BankAttnProcessor]) -> tuple[list[str], list[str]]:
+    """(bank inputs after sample, timestep, encoder_hidden_states; bank outputs after latent), in layer order:
+    bank_valid [F] bool, fusion_strength, fusion_threshold [] then per layer i bank_keys_i, bank_values_i
+    [r, F·T_i, D_i] (and bank_outputs_i [r, F·T_i, C_i] in fusion layers); out: new_keys_i, new_values_i [r, T_i, D_i]
+    (and new_outputs_i)."""
+    inputs, outputs = ["bank_valid", "fusion_strength", "fusion_threshold"], []
+    for i, processor in enumerate(processors.values()):
+        kinds = ("keys", "values", "outputs") if processor.fusion else ("keys", "values")
+        inputs += [f"bank_{kind}_{i}" for kind in kinds]
+        outputs += [f"new_{kind}_{i}" for kind in kinds]
+    return inputs, outputs
+
+
+class BankedUNetGraph(torch.nn.Module):
+    """The UNet with the bank as inputs and this frame's features as outputs (what ONNX and TensorRT see; the ring
+    update stays in torch, FeatureBank.store)."""
+
+    def __init__(self, unet: torch.nn.Module, rows: int) -> None:
+        super().__init__()
+        self.unet, self.rows = unet, rows
+        self.processors = install_processors(unet)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        bank_valid: torch.Tensor,
+        fusion_strength: torch.Tensor,
+        fusion_threshold: torch.Tensor,
+        *bank: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        layers, position = [], 0
+        for processor in self.processors.values():
+            width = 3 if processor.fusion else 2
+            keys, values, *outputs = bank[position : position + width]
+            position += width
+            past = (keys, values, outputs[0] if outputs else None)
+            layers.append(ExportLayer(self.rows, past, bank_valid, fusion_strength, fusion_threshold))
+            processor.view = layers[-1]
+        try:
+            latent = self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        finally:
+            for processor in self.processors.values():
+                processor.view = None
+        return (latent, *(tensor for layer in layers for tensor in layer.kept))
+
+
+@torch.no_grad()
+def export_banked_unet(
+    unet: torch.nn.Module, path: Path, rows: int, frames: int, latent_size: tuple[int, int]
+) -> tuple[Path, list[str], list[str]]:
+    """unet.onnx with the bank (bank_io_names) for r = `rows` bank rows and F = `frames` ring slots: the batch B
+    (r..2r rows, by CFG strategy) and the latent size are dynamic, F is fixed. → (path, inputs, outputs)."""
+    graph = BankedUNetGraph(unet, rows).eval()
+    weight = next(unet.parameters())
+    device, dtype = weight.device, weight.dtype
+    channels, dim = int(unet.config.in_channels), int(unet.config.cross_attention_dim)
+    h, w = latent_size
+    bank_inputs, bank_outputs = bank_io_names(graph.processors)
+    bank: list[torch.Tensor] = []
+    shapes = layer_shapes(unet, latent_size)
+    for name, processor in graph.processors.items():  # the graph's order
+        tokens, width, out_width = shapes[name]
+        widths = (width, width, out_width) if processor.fusion else (width, width)
+        bank += [torch.randn(rows, frames * tokens, each, dtype=dtype, device=device) for each in widths]
+    example = (
+        torch.randn(rows, channels, h, w, dtype=dtype, device=device),
+        torch.full((rows,), 500, dtype=torch.int64, device=device),
+        torch.randn(rows, TEXT_TOKENS, dim, dtype=dtype, device=device),
+        torch.ones(frames, dtype=torch.bool, device=device),
+        torch.tensor(0.5, dtype=dtype, device=device),
+        torch.tensor(0.9, dtype=dtype, device=device),
+        *bank,
+    )
+    dynamic = {
+        "sample": {0: "batch", 2: "height", 3: "width"},
+        "timestep": {0: "batch"},
+        "encoder_hidden_states": {0: "batch"},
+        UNET_OUTPUT: {0: "batch", 2: "height", 3: "width"},
+        **{name: {1: f"{name}_tokens"} for name in bank_inputs[3:]},
+        **{name: {1: f"{name}_tokens"} for name in bank_outputs},
+    }
+    inputs = [*UNET_INPUTS, *bank_inputs]
+    outputs = [UNET_OUTPUT, *bank_outputs]
+    return export_module(graph, example, path, inputs, outputs, dynamic), inputs, outputs
