@@ -66,3 +66,20 @@ def test_an_override_this_build_does_not_know_is_one_clear_error():
         merged(preset(), {"bogus": {"x": 1}})
     with pytest.raises(DreamwireError, match=r"feature_bank\.max_frames"):
         merged(preset(), {"feature_bank": {"max_frames": 9}})
+
+
+def test_rendered_clips_are_scored_from_files(tmp_path, capsys):
+    """The real-weights check's last step: `python -m engine.bench.flicker IN OUT …` on files as render writes them."""
+    from engine.bench.flicker import main
+
+    moving = clips(64, 64, 6)["moving"]
+    np.save(tmp_path / "in.npy", moving)
+    follows = moving.astype(np.float32) / 255.0
+    np.save(tmp_path / "follows.npy", np.concatenate([np.zeros_like(follows[:1]), follows]))  # one warm-up frame
+    noisy = np.clip(follows + np.random.default_rng(2).normal(0.0, 0.05, follows.shape), 0, 1).astype(np.float32)
+    np.save(tmp_path / "noisy.npy", noisy)
+    main([str(tmp_path / "in.npy"), str(tmp_path / "follows.npy"), "--lag", "1"])
+    main([str(tmp_path / "in.npy"), str(tmp_path / "noisy.npy")])
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if ".npy" in line]
+    follows_warp, noisy_warp = float(rows[0][3]), float(rows[1][3])
+    assert follows_warp < 0.5 < 10.0 < noisy_warp

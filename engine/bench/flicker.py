@@ -21,6 +21,7 @@ looks: the real-weights check is manual (README, "Feature bank").
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from dataclasses import dataclass
@@ -198,3 +199,36 @@ def format_flicker(result: dict[str, Any]) -> list[str]:
             f"{entry['fps']:.1f} | {entry['fps_ratio_to_none']:.2f} |"
         )
     return lines
+
+
+def score_files(input_path: str, output_path: str, lag: int = 0) -> dict[str, float]:
+    """The two metrics of a rendered clip (`dreamwire render` output, OUT made from IN): {"diff", "warp"}. lag: the
+    outputs' latency in frames (Stream Batch: n − 1; render keeps its warm-up outputs, which are dropped)."""
+    from bridges.clip_io import iter_clip
+
+    cv2 = _cv2()
+    outputs = np.stack([frame.astype(np.float32) / 255.0 for frame in iter_clip(output_path)])[lag:]
+    height, width = outputs.shape[1:3]
+    inputs = np.stack([cv2.resize(frame, (width, height)) for frame in iter_clip(input_path)])[: len(outputs)]
+    outputs = outputs[: len(inputs)]
+    if len(outputs) < 2:
+        raise DreamwireError(f"{output_path}: fewer than 2 frames to compare after a lag of {lag}")
+    return {"diff": consecutive_difference(outputs), "warp": warp_error(inputs, outputs)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m engine.bench.flicker IN OUT [OUT ...] [--lag N]: the metrics of rendered clips (the real-weights
+    check in the README: the same camera clip rendered with the feature bank off and on)."""
+    parser = argparse.ArgumentParser(prog="python -m engine.bench.flicker", description=main.__doc__)
+    parser.add_argument("input", help="the input clip (video, PNG folder or .npy)")
+    parser.add_argument("outputs", nargs="+", help="clips rendered from it")
+    parser.add_argument("--lag", type=int, default=0, help="output latency in frames (n − 1 with Stream Batch)")
+    args = parser.parse_args(argv)
+    print("| output | diff | warp |\n|---|---:|---:|")
+    for output in args.outputs:
+        scores = score_files(args.input, output, args.lag)
+        print(f"| {output} | {scores['diff']:.3f} | {scores['warp']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
