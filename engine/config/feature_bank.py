@@ -5,12 +5,21 @@ idea. Every field is live; `enabled` and `max_frames` change the bank's buffers,
 
 from __future__ import annotations
 
-from engine.config.schema import Section, live
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 MAX_BANK_FRAMES = 4  # the ring's largest size: attention cost grows with (1 + max_frames) x tokens
 
 
-class FeatureBankConfig(Section):
+def live(default: Any, doc: str, apply: str, **constraints: Any) -> Any:
+    """As engine/config/schema.py's live() (schema.py imports this module, so this one cannot import it)."""
+    return Field(default, description=doc, json_schema_extra={"live": True, "apply": apply}, **constraints)
+
+
+class FeatureBankConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)  # as schema.Section
+
     enabled: bool = live(
         False,
         "Self-attention also attends to keys and values of earlier frames (same Stream Batch slot).",

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine.config.feature_bank import FeatureBankConfig
+
 CfgType = Literal["none", "full", "self", "initialize"]
 # What applies a change (engine/live/loop.py has one handler per name). cond, uncond, guidance, delta and noise
 # are also the pipeline values a change can move over a duration (engine/live/targets.py).
@@ -324,10 +326,6 @@ class MidiConfig(Section):
     input: str = at_start("", "MIDI input port, by name or a part of it (empty: no MIDI).")
     output: str = at_start("", "MIDI output port for LED feedback (empty: the input's name).")
     map: str = at_start("", "Mapping file (YAML), also `--midi-map`; MIDI learn saves to it.")
-
-
-# Sections with a module of their own (they import Section and live() from here, so they come after them).
-from engine.config.feature_bank import FeatureBankConfig  # noqa: E402
 
 
 class Preset(Section):
