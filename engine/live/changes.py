@@ -125,9 +125,12 @@ class Changes:
 
     def _set_feature_bank(self, control: SetValue) -> None:
         """feature_bank.*: the live numbers in place; enabled or max_frames make the rings anew and re-capture the
-        step (engine/pipeline/feature_bank.py), never a rebuild."""
+        step (engine/pipeline/feature_bank.py): never a model reload, and a rebuild only under TensorRT."""
         now = self._now
         _, config, _ = paths.assigned(now.preset, control.path, control.value)
+        if now.pipeline.feature_bank_needs_rebuild(config):  # TensorRT: the ring size is the engine's
+            self._rebuilds.request(control)
+            return
         now.pipeline.set_feature_bank(config)
         now.store(control)
         now.events.applied(control, control.value)

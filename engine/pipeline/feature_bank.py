@@ -306,6 +306,44 @@ class FeatureBank:
         torch.lt(self._slots, self.fill, out=self.valid)
         self.frame.add_(1)
 
+    def engine_extras(self) -> Any:
+        """The bank as a TensorRT engine's inputs (the rings, flat, bound in place) and outputs (this frame's
+        features), for engine/backends/tensorrt.py. The engine is built for this ring size (its key says it): a
+        change of enabled or max_frames needs another engine, a rebuild."""
+        from engine.backends.tensorrt import EngineExtras
+
+        processors = install_processors(self.unet)
+        inputs: dict[str, torch.Tensor] = {
+            "bank_valid": self.valid,
+            "fusion_strength": self.strength,
+            "fusion_threshold": self.threshold,
+        }
+        outputs: dict[str, torch.Tensor] = {}
+        for i, name in enumerate(processors):
+            layer = self.layers[name]
+            past = layer.past()
+            fresh = (layer.fresh_keys, layer.fresh_values, layer.fresh_outputs)
+            for kind, ring, new in zip(("keys", "values", "outputs"), past, fresh, strict=True):
+                if ring is not None:
+                    inputs[f"bank_{kind}_{i}"], outputs[f"new_{kind}_{i}"] = ring, new
+
+        def profile(low: int, opt: int, high: int) -> dict[str, Any]:
+            sizes = [layer_shapes(self.unet, (side, side)) for side in (low, opt, high)]
+            shapes: dict[str, Any] = {}
+            for i, name in enumerate(processors):
+                for kind in ("keys", "values", "outputs"):
+                    if f"bank_{kind}_{i}" in inputs:
+                        width = 2 if kind == "outputs" else 1
+                        shapes[f"bank_{kind}_{i}"] = tuple(
+                            (self.rows, self.frames * size[name][0], size[name][width]) for size in sizes
+                        )
+            return shapes
+
+        def export(path: Path, rows: int, latent_size: tuple[int, int]) -> Path:
+            return export_banked_unet(self.unet, path, self.rows, self.frames, latent_size)[0]
+
+        return EngineExtras(export, profile, inputs, outputs, {"feature_bank_frames": self.frames})
+
     def snapshot(self) -> list[torch.Tensor]:
         """Copies of every buffer the step changes (for warm-up and capture runs, which must leave no trace)."""
         rings = [ring for layer in self.layers.values() for ring, _ in layer.rings()]

@@ -69,6 +69,15 @@ class StreamPipeline:
             )
         # How a step's model part runs (one CUDA graph replay, or call by call), chosen once.
         self._run = make_step_runner(stream, self._model_step, self._state_kept, self.device)
+        # The feature bank (engine/pipeline/feature_bank.py): its rings hold the n·f latent rows' past features;
+        # under TensorRT they are the engine's extra inputs and outputs, so the bank is configured first.
+        bank_config = feature_bank or FeatureBankConfig()
+        check_feature_bank(stream, bank_config)
+        self.feature_bank = FeatureBank(
+            models.unet, self.slots * self.frames, self.latent_shape[1:], self.device, self.dtype
+        )
+        self.feature_bank.configure(bank_config)
+        tensorrt_bank = self.feature_bank.active and stream.acceleration == "tensorrt"
         backends = select_backends(
             stream,
             models.config,
@@ -78,12 +87,9 @@ class StreamPipeline:
             guided_unet_rows(stream.cfg_type, self.unet_rows, self.frames),
             self.device,
             self.dtype,
+            self.feature_bank.engine_extras() if tensorrt_bank else None,
         )
         self.unet, self.codec, self.acceleration = backends.unet, backends.vae, backends.name
-        # The feature bank (engine/pipeline/feature_bank.py): its rings hold the n·f latent rows' past features.
-        self.feature_bank = FeatureBank(
-            models.unet, self.slots * self.frames, self.latent_shape[1:], self.device, self.dtype
-        )
         self.unet = self._banked = BankedUNet(self.unet, self.feature_bank)
         # ControlNets (engine/pipeline/controlnet.py): the UNet backend with their residuals added, and step 2a.
         self.controlnets = self._build_controlnets(stream, list(controlnets))
@@ -117,7 +123,7 @@ class StreamPipeline:
         self.filter: SimilarityFilter | NoFilter = NoFilter()
         self.last_output: torch.Tensor | None = None
         self.skipped = False  # whether the last step() was skipped by the similarity filter
-        self.set_feature_bank(feature_bank or FeatureBankConfig())
+        self.set_feature_bank(bank_config)
 
     def _build_controlnets(self, stream: StreamConfig, configs: list[ControlNetConfig]) -> ControlNets | None:
         if not configs:
@@ -317,9 +323,19 @@ class StreamPipeline:
         """Live: interval and fusion are written in place; enabled or max_frames make the rings anew (empty) and
         capture the step again. The model is never reloaded."""
         check_feature_bank(self.config, config)
+        if self.feature_bank_needs_rebuild(config):
+            raise DreamwireError(
+                "feature_bank.enabled and max_frames pick another TensorRT engine under stream.acceleration tensorrt: "
+                "a rebuild"
+            )
         if self.feature_bank.configure(config):
             self._banked.choose()
             self._run.invalidate()
+
+    def feature_bank_needs_rebuild(self, config: FeatureBankConfig) -> bool:
+        """Under TensorRT the bank's ring size is part of the engine: changing it is a rebuild, not a re-capture."""
+        frames = config.max_frames if config.enabled else 0
+        return self.acceleration == "tensorrt" and frames != self.feature_bank.frames
 
     def set_filter(self, config: FilterConfig, seed: int = 0) -> None:
         self.filter = SimilarityFilter(config.threshold, config.max_skip_frames, seed) if config.enabled else NoFilter()
@@ -436,11 +452,6 @@ def check_feature_bank(stream: StreamConfig, config: FeatureBankConfig) -> None:
         raise DreamwireError(
             "feature_bank needs stream.use_denoising_batch: true (its rings follow Stream Batch's rows, one UNet "
             "call per frame)"
-        )
-    if stream.acceleration == "tensorrt":
-        raise DreamwireError(
-            "feature_bank with stream.acceleration tensorrt is not supported yet (its engine has no bank inputs); "
-            "use none or compile, with stream.cuda_graph"
         )
 
 
