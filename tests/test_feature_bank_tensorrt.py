@@ -4,6 +4,8 @@ and this frame's buffers are bound by address (no copy), and the ring is updated
 
 from __future__ import annotations
 
+import time
+
 import torch
 from conftest import SIZE, clip, to_input
 from test_tensorrt_contract import trt  # noqa: F401  (the stand-in installed as `tensorrt`)
@@ -70,3 +72,34 @@ def test_a_new_ring_size_under_tensorrt_is_a_rebuild(trt, tiny_taesd_models, tmp
         raise AssertionError("a ring size the engine was not built for must be refused")
     pipeline.set_feature_bank(BANK.model_copy(update={"interval": 3}))  # live numbers stay live
     assert int(pipeline.feature_bank.interval) == 3
+
+
+def test_the_live_engine_rebuilds_for_a_new_ring_size_under_tensorrt(trt, tiny_taesd_models, tmp_path, monkeypatch):  # noqa: F811
+    from conftest import preset
+
+    from engine.live.loop import LiveEngine
+
+    monkeypatch.setenv("DREAMWIRE_CACHE_DIR", str(tmp_path))
+    config = preset(acceleration="tensorrt", trt_min_size=64, trt_opt_size=64, trt_max_size=128)
+    config.feature_bank = BANK
+    engine = LiveEngine(config, models=tiny_taesd_models)
+    try:
+        events = []
+        engine.add_listener(events.append)
+        engine.set("feature_bank.max_frames", 3)
+        engine.set("feature_bank.fusion_strength", 0.2)  # live: waits for the rebuild, then applies in place
+        deadline = time.perf_counter() + 120
+        engine.apply_pending_controls()
+        while engine.rebuilding or not engine.controls.empty():
+            assert time.perf_counter() < deadline, "the rebuild did not finish"
+            time.sleep(0.01)
+            engine.apply_pending_controls()
+        assert [e.path for e in events if e.kind == "applied"] == [
+            "feature_bank.max_frames",
+            "rebuild",
+            "feature_bank.fusion_strength",
+        ]
+        assert engine.pipeline.feature_bank.frames == 3 and engine.preset.feature_bank.max_frames == 3
+        assert engine.pipeline.acceleration == "tensorrt" and engine.preset.feature_bank.fusion_strength == 0.2
+    finally:
+        engine.close()

@@ -194,6 +194,7 @@ class Rebuilds:
         preset = now.preset.model_copy(deep=True)
         preset.model, preset.stream = rebuild.target.model, rebuild.target.stream
         preset.controlnets = rebuild.target.controlnets
+        preset.feature_bank = rebuild.target.feature_bank  # under TensorRT its ring size is a rebuild
         if models is not now.models:
             self._prompts.switch_model(models, rebuild.prompts)
         self._install(models, pipeline)

@@ -90,7 +90,7 @@ class BankAttnProcessor:
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
-        if self.view is None:
+        if self.view is None or encoder_hidden_states is not None:  # no bank, or attn1 as cross-attention
             return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         return banked_attention(attn, hidden_states, self.view)
 
