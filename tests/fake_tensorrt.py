@@ -50,7 +50,7 @@ class DataType:
         self.name = name
 
 
-_NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64}
+_NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "BOOL": np.bool_}
 
 
 def make_module(version: str = "10.99.0") -> tuple[types.ModuleType, Recorder]:
@@ -93,7 +93,7 @@ def make_module(version: str = "10.99.0") -> tuple[types.ModuleType, Recorder]:
 
             recorder.add("parser", "parse_from_file", path)
             graph = onnx.load(path).graph
-            kinds = {1: "FLOAT", 10: "HALF", 7: "INT64"}
+            kinds = {1: "FLOAT", 10: "HALF", 7: "INT64", 9: "BOOL"}
             for values, into in ((graph.input, self.network.inputs), (graph.output, self.network.outputs)):
                 for value in values:
                     shape = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
@@ -186,6 +186,12 @@ def make_module(version: str = "10.99.0") -> tuple[types.ModuleType, Recorder]:
 
         def set_input_shape(self, name: str, dims: tuple) -> bool:
             recorder.add("context", "set_input_shape", name, tuple(dims))
+            if name not in self.engine.spec["profiles"][0]:  # a static input: only its own shape
+                static = self.engine.io[name][1]
+                if list(dims) != static:
+                    return False
+                self.shapes[name] = tuple(dims)
+                return True
             low, _, high = self.engine.spec["profiles"][0][name]
             if not all(lo <= d <= hi for lo, d, hi in zip(low, dims, high, strict=True)):
                 return False

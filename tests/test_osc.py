@@ -208,6 +208,11 @@ LIVE_VALUES: dict[str, tuple[tuple[Any, ...], Any]] = {  # path → (OSC argumen
     "tempo.bpm": ((128.5,), 128.5),
     "tempo.quantum": ((3,), 3),
     "tempo.latency_ms": ((40.0,), 40.0),
+    "feature_bank.enabled": ((("T", True),), True),
+    "feature_bank.max_frames": ((3,), 3),
+    "feature_bank.interval": ((2,), 2),
+    "feature_bank.fusion_strength": ((0.5,), 0.5),
+    "feature_bank.fusion_threshold": ((0.875,), 0.875),
     "tempo.quantize": (("bar",), "bar"),  # last: it times only the changes sent after it is applied
 }
 

@@ -196,5 +196,6 @@ def test_an_sdxl_engine_takes_the_added_conditioning_as_inputs(trt, tiny_sdxl_mo
     pipeline = make_pipeline(tiny_sdxl_models, **settings, trt_min_size=64, trt_opt_size=64, trt_max_size=128)
     assert trt.builds == 1
     pipeline.step(torch.zeros(1, 3, 64, 64))
+    engine_unet = pipeline.unet.inner  # the TensorRT backend inside the feature bank's wrapper
     for name in ("text_embeds", "time_ids"):
-        assert torch.equal(pipeline.unet._inputs[name], pipeline.added.kwargs[name])
+        assert torch.equal(engine_unet._inputs[name], pipeline.added.kwargs[name])

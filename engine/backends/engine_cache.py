@@ -51,6 +51,7 @@ class EngineSpec:
     gpu_name: str
     compute_capability: tuple[int, int]
     engine_format: int = ENGINE_FORMAT
+    feature_bank_frames: int = 0  # ring slots of the feature bank's inputs (0: an engine without them)
 
     def compute_hash(self) -> str:
         """A short hex key: equal for equal specs, different when any field differs."""

@@ -270,6 +270,19 @@ def export_vae(vae: torch.nn.Module, folder: Path, image_size: tuple[int, int]) 
     ]
 
 
+def export_module(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic: dict[str, dict[int, str]],
+) -> Path:
+    """A graph that another layer builds (the feature bank's UNet, engine/pipeline/feature_bank.py) through the same
+    exporter and file layout as the UNet's."""
+    return _export(module, example, path, inputs, outputs, dynamic)
+
+
 def _export(
     module: torch.nn.Module,
     example: tuple[torch.Tensor, ...],

@@ -12,6 +12,7 @@ A requested backend that fails stops the run with a DreamwireError naming what f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -50,9 +51,11 @@ def select_backends(
     unet_rows: int,
     device: torch.device,
     dtype: torch.dtype,
+    extras: Any = None,
 ) -> Backends:
     """unet_rows: UNet rows per call with guidance on (n·f, (n+1)·f or 2·n·f, by cfg_type): the TensorRT
-    engine's batch. vae: the eager codec of vae_module."""
+    engine's batch. vae: the eager codec of vae_module. extras: the TensorRT engine's added I/O (tensorrt.py's
+    EngineExtras: the feature bank), or None."""
     name = stream.acceleration
     if name not in ACCELERATIONS:
         raise DreamwireError(f"stream.acceleration {name!r} is unknown (allowed: {', '.join(ACCELERATIONS)})")
@@ -64,7 +67,7 @@ def select_backends(
     try:
         if name == "compile":
             return Backends(CompiledUNet(unet, fallback), CompiledVae(vae, fallback), "compile")
-        return Backends(_tensorrt_unet(unet, model, stream, unet_rows, device, dtype), eager.vae, "tensorrt")
+        return Backends(_tensorrt_unet(unet, model, stream, unet_rows, device, dtype, extras), eager.vae, "tensorrt")
     except Exception as error:  # a TensorRT build fails in many ways; the rule is the same for all of them
         fallback.failed(f"stream.acceleration {name!r}", error)
         return eager
@@ -83,6 +86,7 @@ def _tensorrt_unet(
     unet_rows: int,
     device: torch.device,
     dtype: torch.dtype,
+    extras: Any = None,
 ) -> UNetBackend:
     try:  # lazily: tensorrt is an optional extra, and its import is slow
         from engine.backends.engine_cache import engine_spec
@@ -94,7 +98,10 @@ def _tensorrt_unet(
     import_tensorrt()  # the package first: without it no other fix helps (a one-line error naming the extra)
     if model is None:
         raise DreamwireError("the TensorRT engine key needs the model's config: load the models with load_models")
-    return build_unet_backend(unet, engine_spec(model, stream, unet_rows, dtype, device))
+    spec = engine_spec(model, stream, unet_rows, dtype, device)
+    if extras is not None:  # what the added I/O changes in the engine is in its key
+        spec = dataclasses.replace(spec, **extras.spec_fields)
+    return build_unet_backend(unet, spec, extras=extras)
 
 
 def make_step_runner(

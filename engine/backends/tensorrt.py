@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -53,8 +55,27 @@ def import_tensorrt() -> ModuleType:
     return tensorrt
 
 
-def build_unet_backend(unet: torch.nn.Module, spec: EngineSpec, *, cache_dir: Path | None = None) -> TensorRTUNet:
-    """The UNet as a TensorRT engine: the cached one for spec's key, else exported, built and cached."""
+Shapes = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # an input's (min, opt, max) in the profile
+
+
+@dataclass
+class EngineExtras:
+    """I/O tensors a layer above adds to the UNet's engine (the feature bank, engine/pipeline/feature_bank.py): the
+    graph to export, each extra input's profile shapes, and the tensors bound by address at every allocation (fixed
+    for the backend's life: the engine reads and writes them in place, no copy)."""
+
+    export: Callable[[Path, int, tuple[int, int]], Path]  # (onnx path, rows, opt latent size) → the graph written
+    profile: Callable[[int, int, int], dict[str, Shapes]]  # (min, opt, max latent side) → extra inputs' shapes
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    spec_fields: dict[str, Any] = field(default_factory=dict)  # EngineSpec fields they set (the engine's key)
+
+
+def build_unet_backend(
+    unet: torch.nn.Module, spec: EngineSpec, *, cache_dir: Path | None = None, extras: EngineExtras | None = None
+) -> TensorRTUNet:
+    """The UNet as a TensorRT engine: the cached one for spec's key, else exported, built and cached. extras: more
+    inputs and outputs (spec's key must name them, e.g. its feature_bank_frames)."""
     trt = import_tensorrt()
     path = engine_path(spec, cache_dir)
     key = spec.compute_hash()
@@ -68,9 +89,10 @@ def build_unet_backend(unet: torch.nn.Module, spec: EngineSpec, *, cache_dir: Pa
             log.info("loading TensorRT engine %s (key %s)", path, key)
             serialized = path.read_bytes()
         else:
-            serialized = _build(trt, unet, spec, path)
+            serialized = _build(trt, unet, spec, path, extras)
             save_engine(spec, serialized, path.parent)
-        return TensorRTUNet(trt, serialized, path, key, device, unet_size_factor(unet), added_input_widths(unet))
+        factor, added = unet_size_factor(unet), added_input_widths(unet)
+        return TensorRTUNet(trt, serialized, path, key, device, factor, added, extras)
     except DreamwireError:
         raise
     except Exception as error:  # TensorRT, ONNX and file errors come in many types: all stop the run, named
@@ -93,14 +115,23 @@ def _cuda_stream(device: torch.device) -> int:
 # ---- build -----------------------------------------------------------------------------------------
 
 
-def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path) -> bytes:
+def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path, extras: EngineExtras | None) -> bytes:
     key = spec.compute_hash()
     log.info("building TensorRT engine for %s (key %s): this takes minutes, once per key", spec.model_id, key)
     started = time.monotonic()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=path.parent) as staging:
         side = spec.opt_size // LATENT_FACTOR
-        onnx_path = export_unet(unet, Path(staging) / "unet.onnx", spec.unet_rows, (side, side))
+        graph = Path(staging) / "unet.onnx"
+        if extras is None:
+            onnx_path = export_unet(unet, graph, spec.unet_rows, (side, side))
+        elif added_input_widths(unet):  # the banked graph has no text_embeds / time_ids inputs
+            raise DreamwireError(
+                "the feature bank under stream.acceleration tensorrt is not built for SDXL yet: "
+                "use compile or none with an SDXL model, or feature_bank.enabled false"
+            )
+        else:
+            onnx_path = extras.export(graph, spec.unet_rows, (side, side))
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -109,7 +140,7 @@ def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path)
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise DreamwireError(f"TensorRT engine {path} (key {key}): the ONNX parser refused the UNet: {errors}")
         config = builder.create_builder_config()
-        config.add_optimization_profile(_profile(builder, unet, spec))
+        config.add_optimization_profile(_profile(builder, unet, spec, extras))
         config.progress_monitor = _progress_monitor(trt)
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -118,7 +149,7 @@ def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path)
     return bytes(serialized)
 
 
-def _profile(builder: Any, unet: torch.nn.Module, spec: EngineSpec) -> Any:
+def _profile(builder: Any, unet: torch.nn.Module, spec: EngineSpec, extras: EngineExtras | None = None) -> Any:
     """Batch 1..rows (tuned for rows), sides min..max pixels (tuned for opt), in latent units."""
     channels, dim, rows = int(unet.config.in_channels), int(unet.config.cross_attention_dim), spec.unet_rows
     low, opt, high = (size // LATENT_FACTOR for size in (spec.min_size, spec.opt_size, spec.max_size))
@@ -130,6 +161,8 @@ def _profile(builder: Any, unet: torch.nn.Module, spec: EngineSpec) -> Any:
     )
     for name, width in added_input_widths(unet).items():  # SDXL: text_embeds [B, P], time_ids [B, 6]
         profile.set_shape(name, (1, width), (rows, width), (rows, width))
+    for name, (small, tuned, large) in (extras.profile(low, opt, high) if extras is not None else {}).items():
+        profile.set_shape(name, small, tuned, large)
     return profile
 
 
@@ -161,7 +194,13 @@ def _progress_monitor(trt: ModuleType) -> Any:
 
 # ---- runtime ---------------------------------------------------------------------------------------
 
-_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64}
+_TORCH_DTYPES = {
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT64": torch.int64,
+    "BOOL": torch.bool,
+}
 
 
 class TensorRTUNet:
@@ -177,9 +216,11 @@ class TensorRTUNet:
         device: torch.device,
         size_factor: int,
         added_widths: dict[str, int] | None = None,
+        extras: EngineExtras | None = None,
     ) -> None:
         self.path, self.key, self.device, self.size_factor = path, key, device, size_factor
         self.added_widths = added_widths or {}
+        self.extras = extras or EngineExtras(export=_no_export, profile=lambda *_: {})
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(serialized)
         if self.engine is None:
@@ -188,7 +229,7 @@ class TensorRTUNet:
                 "delete it with `dreamwire engines clear`"
             )
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        expected = [*UNET_INPUTS, *self.added_widths, UNET_OUTPUT]
+        expected = [*UNET_INPUTS, *self.added_widths, *self.extras.inputs, UNET_OUTPUT, *self.extras.outputs]
         if names != set(expected):
             raise self._error(f"its I/O tensors are {sorted(names)}, expected {expected}")
         self.dtypes = {name: _TORCH_DTYPES[self.engine.get_tensor_dtype(name).name] for name in names}
@@ -229,7 +270,8 @@ class TensorRTUNet:
             raise self._error(f"size {width * LATENT_FACTOR}x{height * LATENT_FACTOR} is not a multiple of {step}")
         shapes = {"sample": tuple(sample), "timestep": (rows,), "encoder_hidden_states": tuple(embeddings)}
         shapes.update({name: (rows, width) for name, width in self.added_widths.items()})
-        for name, dims in shapes.items():
+        extra_shapes = {name: tuple(tensor.shape) for name, tensor in self.extras.inputs.items()}
+        for name, dims in {**shapes, **extra_shapes}.items():
             if not self.context.set_input_shape(name, dims):
                 raise self._error(
                     f"input {name} {dims} is outside its optimisation profile (size "
@@ -240,7 +282,12 @@ class TensorRTUNet:
             name: torch.empty(dims, dtype=self.dtypes[name], device=self.device) for name, dims in shapes.items()
         }
         self._output = torch.empty(tuple(sample), dtype=self.dtypes[UNET_OUTPUT], device=self.device)
-        for name, buffer in (*self._inputs.items(), (UNET_OUTPUT, self._output)):
+        bound = (*self._inputs.items(), (UNET_OUTPUT, self._output), *self.extras.inputs.items())
+        for name, buffer in (*bound, *self.extras.outputs.items()):
             if not self.context.set_tensor_address(name, buffer.data_ptr()):
                 raise self._error(f"set_tensor_address({name}) failed")
         log.debug("TensorRT UNet buffers for sample %s, embeddings %s", tuple(sample), tuple(embeddings))
+
+
+def _no_export(path: Path, rows: int, latent_size: tuple[int, int]) -> Path:
+    raise AssertionError("a loaded engine is never exported")

@@ -6,6 +6,7 @@ from typing import Any
 
 from engine.bench.bridges import format_bridge_costs
 from engine.bench.controlnet import format_controlnet
+from engine.bench.flicker import format_flicker
 from engine.bench.osc import format_osc
 from engine.bench.pipeline import Measurement, format_table
 from engine.bench.tempo import format_tempo
@@ -52,5 +53,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(format_tempo(report["tempo"]))
     if "controlnets" in report:
         lines += format_controlnet(report["controlnets"])
+    if "flicker" in report:
+        lines += format_flicker(report["flicker"])
     lines.append(f"device: {report['device']}, torch threads: {report['threads']}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ PARTS = (
     "bridges",
     "osc",
     "tempo",
-)  # the default; `--only controlnets` adds ControlNets
+)  # the default; `--only controlnets` adds ControlNets, `--only flicker` the flicker metric
 
 
 def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
@@ -55,6 +55,7 @@ def _parts(models: Models, preset: Preset, frames: int) -> dict[str, Callable[[]
     """Each part of the bench: a function giving its entries of the report."""
     from engine.bench.bridges import bridge_costs
     from engine.bench.controlnet import controlnet_costs
+    from engine.bench.flicker import flicker_benchmarks
     from engine.bench.live import loop_efficiency, prompt_change_frame_times
     from engine.bench.osc import osc_benchmarks
     from engine.bench.pipeline import ratios, run_measurements
@@ -76,4 +77,5 @@ def _parts(models: Models, preset: Preset, frames: int) -> dict[str, Callable[[]
         "osc": lambda: {"osc": osc_benchmarks(models, preset)},
         "tempo": lambda: {"tempo": tempo_benchmarks(models, preset, changes=max(4, frames), frames=max(8, 4 * frames))},
         "controlnets": lambda: {"controlnets": controlnet_costs(models, preset, frames)},
+        "flicker": lambda: {"flicker": flicker_benchmarks(models, preset, frames=max(12, frames))},
     }

@@ -24,6 +24,7 @@ Apply = Literal[
     "rebuild",
     "tempo",
     "processor",
+    "feature_bank",
 ]
 
 

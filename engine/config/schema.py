@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from engine.config.feature_bank import FeatureBankConfig
+
 # Section and the field helpers live in fields.py, so that a section kept in a module of its own (processors.py)
 # uses them without importing this module, which imports that one.
 from engine.config.fields import Apply, Section, at_start, live, rebuild  # noqa: F401  (Apply: imported from here too)
@@ -312,3 +314,5 @@ class Preset(Section):
     midi: MidiConfig = Field(default_factory=MidiConfig)
     # ---- processor stages (engine/config/processors.py, engine/pipeline/stages.py) ----
     processors: ProcessorsConfig = Field(default_factory=ProcessorsConfig)
+    # ---- the feature bank, cached attention across frames (engine/config/feature_bank.py) ----
+    feature_bank: FeatureBankConfig = Field(default_factory=FeatureBankConfig)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from engine.config import paths
 from engine.config.presets import available_presets, load_preset
 from engine.config.registry import ParamSpec, registry
@@ -139,6 +141,41 @@ def prompt_list(surface: Surface, args: Sequence[Any]) -> None:
 def seed_list(surface: Surface, args: Sequence[Any]) -> None:
     pairs = json_pairs(args, "seed", lambda x: isinstance(x, int) and not isinstance(x, bool))
     surface.engine.blend_seeds(pairs, **surface.transition.kwargs())
+
+
+# StreamDiffusionTD's /cached_attention JSON keys → our feature bank (engine/pipeline/feature_bank.py).
+CACHED_ATTENTION = {
+    "use_cached_attn": "feature_bank.enabled",
+    "cache_maxframes": "feature_bank.max_frames",
+    "cache_interval": "feature_bank.interval",
+    "fi_strength": "feature_bank.fusion_strength",
+    "fi_threshold": "feature_bank.fusion_threshold",
+}
+
+
+def cached_attention(surface: Surface, args: Sequence[Any]) -> None:
+    """StreamDiffusionTD's `/cached_attention s '{"cache_maxframes": 2, "cache_interval": 4}'`: each key checked,
+    then all set (all or none)."""
+    text = join_text(args)
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DreamwireError(
+            f"expects a JSON object of {', '.join(CACHED_ATTENTION)}, got {text!r} ({error.msg})"
+        ) from None
+    if not isinstance(values, dict) or not values:
+        raise DreamwireError(f"expects a JSON object of {', '.join(CACHED_ATTENTION)}, got {text!r}")
+    unknown = [key for key in values if key not in CACHED_ATTENTION]
+    if unknown:
+        raise DreamwireError(f"unknown key {unknown[0]!r} (known: {', '.join(CACHED_ATTENTION)})")
+    bank = surface.engine.requested.snapshot().feature_bank
+    for key, value in values.items():  # every value checked before any is sent: taken whole or not at all
+        try:
+            setattr(bank, CACHED_ATTENTION[key].split(".")[1], value)
+        except ValidationError as error:
+            raise DreamwireError(f"{key}: {value!r} is not accepted: {error.errors()[0]['msg']}") from None
+    for key, value in values.items():
+        surface.set_value(CACHED_ATTENTION[key], value)
 
 
 def transition(surface: Surface, args: Sequence[Any]) -> None:
@@ -423,6 +460,18 @@ COMMANDS: tuple[Command, ...] = (
         ours=False,
         streamdiffusiontd="JSON `[[seed, weight], …]`: a seed blend.",
         newest_wins=True,
+    ),
+    Command(
+        "cached_attention",
+        "/cached_attention",
+        "s",
+        "JSON `{cache_maxframes, cache_interval, fi_strength, fi_threshold, use_cached_attn}` (any of them): the "
+        "feature bank's max_frames, interval, fusion_strength, fusion_threshold, enabled.",
+        cached_attention,
+        "s",
+        ours=False,
+        streamdiffusiontd="JSON `{cache_maxframes, cache_interval, fi_strength, fi_threshold, use_cached_attn}` "
+        "(any of them): `/feature_bank/max_frames`, `interval`, `fusion_strength`, `fusion_threshold`, `enabled`.",
     ),
     Command(
         "get_status",

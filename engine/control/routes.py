@@ -66,7 +66,7 @@ STREAMDIFFUSIONTD: tuple[Route, ...] = (
     Route("/fx/latent_feedback/feedback_strength", "processors.latent_pre.0.strength", arguments="f"),
     Route("/latent_feedback_strength", "processors.latent_pre.0.strength", arguments="f"),
 )
-STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets", "/ipadapter_scale", "/cached_attention")
+STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets", "/ipadapter_scale")
 
 
 @cache

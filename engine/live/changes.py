@@ -49,6 +49,7 @@ class Changes:
             "sinks": self._set_sinks,
             "controlnet": self._set_controlnet,
             "processor": self._set_processor,
+            "feature_bank": self._set_feature_bank,
             "rebuild": rebuilds.request,
         }
 
@@ -166,6 +167,18 @@ class Changes:
             now.move(control.path, float(control.value), control)
         else:
             now.pipeline.set_processor(*item_path(control.path), control.value)
+        now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_feature_bank(self, control: SetValue) -> None:
+        """feature_bank.*: the live numbers in place; enabled or max_frames make the rings anew and re-capture the
+        step (engine/pipeline/feature_bank.py): never a model reload, and a rebuild only under TensorRT."""
+        now = self._now
+        _, config, _ = paths.assigned(now.preset, control.path, control.value)
+        if now.pipeline.feature_bank_needs_rebuild(config):  # TensorRT: the ring size is the engine's
+            self._rebuilds.request(control)
+            return
+        now.pipeline.set_feature_bank(config)
         now.store(control)
         now.events.applied(control, control.value)
 

@@ -375,6 +375,7 @@ class LiveEngine:
             preset.filter,
             controlnets=preset.controlnets,
             processors=preset.processors,
+            feature_bank=preset.feature_bank,
         )
 
     def install(self, models: Models, pipeline: StreamPipeline) -> None:

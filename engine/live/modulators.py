@@ -119,6 +119,8 @@ REFUSED: dict[str, str] = {
     "schedule": "it moves the schedule that t_index_list indexes and could push it out of range (an LFO on "
     "`strength` moves the schedule within range)",
     "tempo": "it is the beat clock that the LFOs follow",
+    "feature_bank": "its enabled and max_frames make the rings anew (a re-capture, a rebuild under TensorRT); "
+    "set the bank's numbers by value",
 }
 SCHEDULE_INTERVAL_S = 0.05  # strength: at most one schedule change (a table rebuild) per 50 ms, 20 a second
 

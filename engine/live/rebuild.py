@@ -72,6 +72,7 @@ def build_pipeline(
         embeddings,
         controlnets=target.controlnets,
         processors=target.processors,
+        feature_bank=target.feature_bank,
     )
     return models, pipeline
 
@@ -195,6 +196,7 @@ class Rebuilds:
         preset.model, preset.stream = rebuild.target.model, rebuild.target.stream
         preset.controlnets = rebuild.target.controlnets
         preset.processors = rebuild.target.processors
+        preset.feature_bank = rebuild.target.feature_bank  # under TensorRT its ring size is a rebuild
         if models is not now.models:
             self._prompts.switch_model(models, rebuild.prompts)
         self._install(models, pipeline)

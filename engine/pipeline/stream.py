@@ -24,12 +24,14 @@ from dataclasses import fields
 import torch
 
 from engine.backends.select import make_step_runner, select_backends
+from engine.config.feature_bank import FeatureBankConfig
 from engine.config.processors import ProcessorsConfig
 from engine.config.schema import ControlNetConfig, FilterConfig, PromptConfig, StreamConfig, check_t_index_list
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy, GuidanceScalars, guided_unet_rows, select_cfg
 from engine.pipeline.codec import KLCodec, make_codec
 from engine.pipeline.controlnet import ControlledUNet, ControlNets, check_stream, load_controlnets
+from engine.pipeline.feature_bank import BankedUNet, FeatureBank
 from engine.pipeline.image import FrameLoader, HostFrames
 from engine.pipeline.models import Models
 from engine.pipeline.schedule import SlotTables, build_slot_tables, slot_rows
@@ -47,6 +49,7 @@ class StreamPipeline:
         stream: StreamConfig,
         controlnets: Sequence[ControlNetConfig] = (),
         processors: ProcessorsConfig | None = None,
+        feature_bank: FeatureBankConfig | None = None,
     ) -> None:
         self.models = models
         self.config = stream.model_copy(deep=True)  # its own copy: later preset edits don't reach it
@@ -74,6 +77,15 @@ class StreamPipeline:
             )
         # How a step's model part runs (one CUDA graph replay, or call by call), chosen once.
         self._run = make_step_runner(stream, self._model_step, self._state_kept, self.device)
+        # The feature bank (engine/pipeline/feature_bank.py): its rings hold the n·f latent rows' past features;
+        # under TensorRT they are the engine's extra inputs and outputs, so the bank is configured first.
+        bank_config = feature_bank or FeatureBankConfig()
+        check_feature_bank(stream, bank_config)
+        self.feature_bank = FeatureBank(
+            models.unet, self.slots * self.frames, self.latent_shape[1:], self.device, self.dtype
+        )
+        self.feature_bank.configure(bank_config)
+        tensorrt_bank = self.feature_bank.active and stream.acceleration == "tensorrt"
         backends = select_backends(
             stream,
             models.config,
@@ -83,8 +95,10 @@ class StreamPipeline:
             guided_unet_rows(stream.cfg_type, self.unet_rows, self.frames),
             self.device,
             self.dtype,
+            self.feature_bank.engine_extras() if tensorrt_bank else None,
         )
         self.unet, self.codec, self.acceleration = backends.unet, backends.vae, backends.name
+        self.unet = self._banked = BankedUNet(self.unet, self.feature_bank)
         # ControlNets (engine/pipeline/controlnet.py): the UNet backend with their residuals added, and step 2a.
         self.controlnets = self._build_controlnets(stream, list(controlnets))
         self._prepare_control: Callable[[torch.Tensor | None], None] = _nothing
@@ -133,6 +147,7 @@ class StreamPipeline:
         self.filter: SimilarityFilter | NoFilter = NoFilter()
         self.last_output: torch.Tensor | None = None
         self.skipped = False  # whether the last step() was skipped by the similarity filter
+        self.set_feature_bank(bank_config)
 
     def _build_controlnets(self, stream: StreamConfig, configs: list[ControlNetConfig]) -> ControlNets | None:
         if not configs:
@@ -163,9 +178,10 @@ class StreamPipeline:
         embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         controlnets: Sequence[ControlNetConfig] = (),
         processors: ProcessorsConfig | None = None,
+        feature_bank: FeatureBankConfig | None = None,
     ) -> StreamPipeline:
         """A pipeline for these settings, prepared and ready for step() (embeddings: see prepare())."""
-        pipeline = cls(models, stream, controlnets, processors)
+        pipeline = cls(models, stream, controlnets, processors, feature_bank)
         pipeline.prepare(prompt, filter_config, embeddings)
         pipeline.warm_up()
         return pipeline
@@ -205,6 +221,7 @@ class StreamPipeline:
         self.noise.copy_(self._draw_noise_from(self.generator))
         self.x_t.zero_()
         self.stock_noise.zero_()
+        self.feature_bank.reset()
         self.txt2img_generator.manual_seed(prompt.seed)
         self.set_schedule(self.config.t_index_list, self.config.num_inference_steps)
         if embeddings is None:
@@ -338,6 +355,24 @@ class StreamPipeline:
         if self.stages.set(stage, index, name, value):
             self._run.invalidate()
 
+    def set_feature_bank(self, config: FeatureBankConfig) -> None:
+        """Live: interval and fusion are written in place; enabled or max_frames make the rings anew (empty) and
+        capture the step again. The model is never reloaded."""
+        check_feature_bank(self.config, config)
+        if self.feature_bank_needs_rebuild(config):
+            raise DreamwireError(
+                "feature_bank.enabled and max_frames pick another TensorRT engine under stream.acceleration tensorrt: "
+                "a rebuild"
+            )
+        if self.feature_bank.configure(config):
+            self._banked.choose()
+            self._run.invalidate()
+
+    def feature_bank_needs_rebuild(self, config: FeatureBankConfig) -> bool:
+        """Under TensorRT the bank's ring size is part of the engine: changing it is a rebuild, not a re-capture."""
+        frames = config.max_frames if config.enabled else 0
+        return self.acceleration == "tensorrt" and frames != self.feature_bank.frames
+
     def set_filter(self, config: FilterConfig, seed: int = 0) -> None:
         self.filter = SimilarityFilter(config.threshold, config.max_skip_frames, seed) if config.enabled else NoFilter()
 
@@ -384,12 +419,14 @@ class StreamPipeline:
         """Runs of the step inside (warm-up, capture) leave the stream's state as it was."""
         state = (self.x_t, self.stock_noise, *self.stages.state)
         kept = [tensor.clone() for tensor in state]
+        bank = self.feature_bank.snapshot()
         generators = [self.generator.get_state(), self.txt2img_generator.get_state()]
         try:
             yield
         finally:
             for tensor, saved in zip(state, kept, strict=True):
                 tensor.copy_(saved)
+            self.feature_bank.restore(bank)
             self.generator.set_state(generators[0])
             self.txt2img_generator.set_state(generators[1])
 
@@ -458,6 +495,17 @@ class StreamPipeline:
 def lcm_step(x: torch.Tensor, eps: torch.Tensor, tables: SlotTables) -> torch.Tensor:
     """The LCM boundary-condition step; the operation order follows the reference's, for exact seeds."""
     return tables.c_out * ((x - tables.beta * eps) / tables.alpha) + tables.c_skip * x
+
+
+def check_feature_bank(stream: StreamConfig, config: FeatureBankConfig) -> None:
+    """A bank this stream can run, or a one-line DreamwireError naming why not."""
+    if not (config.enabled and config.max_frames):
+        return
+    if not stream.use_denoising_batch:
+        raise DreamwireError(
+            "feature_bank needs stream.use_denoising_batch: true (its rings follow Stream Batch's rows, one UNet "
+            "call per frame)"
+        )
 
 
 def _nothing(*_: object) -> None:
