@@ -28,6 +28,8 @@ Apply = Literal[
     "source",
     "sinks",
     "controlnet",
+    "lora",
+    "ip_adapter",
     "rebuild",
     "tempo",
 ]
@@ -325,6 +327,10 @@ class MidiConfig(Section):
     map: str = at_start("", "Mapping file (YAML), also `--midi-map`; MIDI learn saves to it.")
 
 
+# The style sections live in their own module, which builds on Section, live and rebuild above.
+from engine.config.styles import MAX_LORAS, IpAdapterConfig, LoraConfig  # noqa: E402
+
+
 class Preset(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
@@ -340,3 +346,11 @@ class Preset(Section):
     )
     tempo: TempoConfig = Field(default_factory=TempoConfig)
     midi: MidiConfig = Field(default_factory=MidiConfig)
+    # ---- styles (engine/config/styles.py) ----
+    loras: list[LoraConfig] = rebuild(
+        [],
+        f"LoRA adapters, at most {MAX_LORAS}; adding or removing one, or changing its id or fuse, rebuilds the "
+        "pipeline (and reloads the model).",
+        max_length=MAX_LORAS,
+    )
+    ip_adapter: IpAdapterConfig = Field(default_factory=IpAdapterConfig)

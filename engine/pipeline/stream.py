@@ -25,11 +25,13 @@ import torch
 
 from engine.backends.select import make_step_runner, select_backends
 from engine.config.schema import ControlNetConfig, FilterConfig, PromptConfig, StreamConfig, check_t_index_list
+from engine.config.styles import LoraConfig
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy, GuidanceScalars, guided_unet_rows, select_cfg
 from engine.pipeline.codec import KLCodec, make_codec
 from engine.pipeline.controlnet import ControlledUNet, ControlNets, check_stream, load_controlnets
 from engine.pipeline.image import FrameLoader, HostFrames
+from engine.pipeline.lora import attach_loras
 from engine.pipeline.models import Models
 from engine.pipeline.schedule import SlotTables, build_slot_tables, slot_rows
 from engine.pipeline.similarity_filter import NoFilter, SimilarityFilter
@@ -38,7 +40,13 @@ log = logging.getLogger(__name__)
 
 
 class StreamPipeline:
-    def __init__(self, models: Models, stream: StreamConfig, controlnets: Sequence[ControlNetConfig] = ()) -> None:
+    def __init__(
+        self,
+        models: Models,
+        stream: StreamConfig,
+        controlnets: Sequence[ControlNetConfig] = (),
+        loras: Sequence[LoraConfig] = (),
+    ) -> None:
         self.models = models
         self.config = stream.model_copy(deep=True)  # its own copy: later preset edits don't reach it
         self.device, self.dtype = models.device, models.dtype
@@ -59,6 +67,8 @@ class StreamPipeline:
                 "stream.cuda_graph needs a deterministic VAE encoder (TAESD, e.g. model.vae=madebyollin/taesd): "
                 "AutoencoderKL samples its latent with a CPU generator, which a CUDA graph cannot replay"
             )
+        # LoRAs (engine/pipeline/lora.py): adapters on the UNet, before any backend traces or compiles it.
+        self.loras = attach_loras(models, loras)
         # How a step's model part runs (one CUDA graph replay, or call by call), chosen once.
         self._run = make_step_runner(stream, self._model_step, self._state_kept, self.device)
         backends = select_backends(
@@ -133,9 +143,10 @@ class StreamPipeline:
         filter_config: FilterConfig,
         embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         controlnets: Sequence[ControlNetConfig] = (),
+        loras: Sequence[LoraConfig] = (),
     ) -> StreamPipeline:
         """A pipeline for these settings, prepared and ready for step() (embeddings: see prepare())."""
-        pipeline = cls(models, stream, controlnets)
+        pipeline = cls(models, stream, controlnets, loras)
         pipeline.prepare(prompt, filter_config, embeddings)
         pipeline.warm_up()
         return pipeline
@@ -292,6 +303,12 @@ class StreamPipeline:
         if self.controlnets is None or not 0 <= index < len(self.controlnets.units):
             raise DreamwireError(f"controlnets.{index}: this pipeline has no such ControlNet")
         self.set_controlnet(index, self.controlnets.units[index].config.model_copy(update={"scale": scale}))
+
+    def set_lora_weight(self, index: int, weight: float) -> None:
+        """Live: LoRA `index`'s weight, written into its device scalar (no recompile, no re-capture)."""
+        if self.loras is None:
+            raise DreamwireError(f"loras.{index}: this pipeline has no LoRAs")
+        self.loras.set_weight(index, weight)
 
     def set_control_frame(self, index: int, image: torch.Tensor) -> None:
         """The newest frame of ControlNet `index`'s external source [f, 3, H, W] in [−1, 1], before a step."""
