@@ -43,6 +43,8 @@ class Changes:
             "source": self._set_source,
             "sinks": self._set_sinks,
             "controlnet": self._set_controlnet,
+            "lora": self._set_lora,
+            "ip_adapter": self._set_ip_adapter,
             "rebuild": rebuilds.request,
         }
 
@@ -119,6 +121,25 @@ class Changes:
             running = now.pipeline.controlnets.units[index].config  # type: ignore[union-attr]
             # the scale as it is now (a transition may be moving it), the other fields as requested
             now.pipeline.set_controlnet(index, entries[index].model_copy(update={"scale": running.scale}))
+        now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_lora(self, control: SetValue) -> None:
+        """loras.<i>.weight: written into the adapter's device scalar (at once or over the duration); a fused
+        LoRA's weight is baked into the UNet, so its change is a rebuild."""
+        now = self._now
+        index = int(paths.parts(control.path)[1])  # type: ignore[arg-type]  # loras.<i>.weight
+        if now.preset.loras[index].fuse:
+            self._rebuilds.request(control)
+            return
+        now.move(control.path, float(control.value), control)
+        now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_ip_adapter(self, control: SetValue) -> None:
+        """ip_adapter.scale: written into its device scalar, at once or over the duration."""
+        now = self._now
+        now.move(control.path, float(control.value), control)
         now.store(control)
         now.events.applied(control, control.value)
 

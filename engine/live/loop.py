@@ -368,7 +368,13 @@ class LiveEngine:
 
     def _build(self, models: Models, preset: Preset) -> StreamPipeline:
         return StreamPipeline.prepared(
-            models, preset.stream, preset.prompt, preset.filter, controlnets=preset.controlnets
+            models,
+            preset.stream,
+            preset.prompt,
+            preset.filter,
+            controlnets=preset.controlnets,
+            loras=preset.loras,
+            ip_adapter=preset.ip_adapter,
         )
 
     def install(self, models: Models, pipeline: StreamPipeline) -> None:

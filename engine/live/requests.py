@@ -53,7 +53,7 @@ class Requests:
         at_beat = self.tempo.at_beat(path, quantize)
         if not duration.is_cut and spec.apply not in MORPHS and path not in MORPHS:
             movable = ", ".join(p for p, s in registry().items() if s.apply in MORPHS and not s.item)
-            movable += ", controlnets.<i>.scale"
+            movable += ", controlnets.<i>.scale, loras.<i>.weight, ip_adapter.scale"
             raise DreamwireError(f"{path} cannot change over a duration, only at once (these can: {movable})")
         with self._lock:
             request_id = self._next_id

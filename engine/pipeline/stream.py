@@ -24,14 +24,21 @@ from dataclasses import fields
 import torch
 
 from engine.backends.select import make_step_runner, select_backends
-from engine.config.schema import ControlNetConfig, FilterConfig, PromptConfig, StreamConfig, check_t_index_list
-from engine.config.styles import LoraConfig
+from engine.config.schema import ControlNetConfig, FilterConfig, Preset, PromptConfig, StreamConfig, check_t_index_list
+from engine.config.styles import IpAdapterConfig, LoraConfig
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy, GuidanceScalars, guided_unet_rows, select_cfg
 from engine.pipeline.codec import KLCodec, make_codec
 from engine.pipeline.controlnet import ControlledUNet, ControlNets, check_stream, load_controlnets
 from engine.pipeline.image import FrameLoader, HostFrames
-from engine.pipeline.lora import attach_loras
+from engine.pipeline.ip_adapter import (
+    ImagePromptUNet,
+    attach_ip_adapter,
+    ip_adapter_fits,
+    is_source_uri,
+    read_image_file,
+)
+from engine.pipeline.lora import attach_loras, loras_fit
 from engine.pipeline.models import Models
 from engine.pipeline.schedule import SlotTables, build_slot_tables, slot_rows
 from engine.pipeline.similarity_filter import NoFilter, SimilarityFilter
@@ -46,6 +53,7 @@ class StreamPipeline:
         stream: StreamConfig,
         controlnets: Sequence[ControlNetConfig] = (),
         loras: Sequence[LoraConfig] = (),
+        ip_adapter: IpAdapterConfig | None = None,
     ) -> None:
         self.models = models
         self.config = stream.model_copy(deep=True)  # its own copy: later preset edits don't reach it
@@ -67,8 +75,11 @@ class StreamPipeline:
                 "stream.cuda_graph needs a deterministic VAE encoder (TAESD, e.g. model.vae=madebyollin/taesd): "
                 "AutoencoderKL samples its latent with a CPU generator, which a CUDA graph cannot replay"
             )
-        # LoRAs (engine/pipeline/lora.py): adapters on the UNet, before any backend traces or compiles it.
+        # LoRAs and the IP-Adapter (engine/pipeline/lora.py, ip_adapter.py): on the UNet, before any backend
+        # traces or compiles it.
+        check_styles(stream, loras, ip_adapter)
         self.loras = attach_loras(models, loras)
+        self.ip_adapter = attach_ip_adapter(models, ip_adapter or IpAdapterConfig())
         # How a step's model part runs (one CUDA graph replay, or call by call), chosen once.
         self._run = make_step_runner(stream, self._model_step, self._state_kept, self.device)
         backends = select_backends(
@@ -82,6 +93,14 @@ class StreamPipeline:
             self.dtype,
         )
         self.unet, self.codec, self.acceleration = backends.unet, backends.vae, backends.name
+        # The IP-Adapter's image tokens join the text embeddings in every UNet call (a fixed-address buffer).
+        self.image_prompt: ImagePromptUNet | None = None
+        if self.ip_adapter is not None:
+            max_rows = guided_unet_rows(stream.cfg_type, self.unet_rows, self.frames)
+            self.unet = self.image_prompt = ImagePromptUNet(self.unet, self.ip_adapter, max_rows)
+            image = self.ip_adapter.config.image
+            if image is not None and not is_source_uri(image):  # a file: embedded now; a source: by the engine
+                self.set_image_tokens(self.ip_adapter.embed(read_image_file(image.removeprefix("file:"))))
         # ControlNets (engine/pipeline/controlnet.py): the UNet backend with their residuals added, and step 2a.
         self.controlnets = self._build_controlnets(stream, list(controlnets))
         self._prepare_control: Callable[[torch.Tensor | None], None] = _nothing
@@ -144,9 +163,10 @@ class StreamPipeline:
         embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         controlnets: Sequence[ControlNetConfig] = (),
         loras: Sequence[LoraConfig] = (),
+        ip_adapter: IpAdapterConfig | None = None,
     ) -> StreamPipeline:
         """A pipeline for these settings, prepared and ready for step() (embeddings: see prepare())."""
-        pipeline = cls(models, stream, controlnets, loras)
+        pipeline = cls(models, stream, controlnets, loras, ip_adapter)
         pipeline.prepare(prompt, filter_config, embeddings)
         pipeline.warm_up()
         return pipeline
@@ -310,6 +330,21 @@ class StreamPipeline:
             raise DreamwireError(f"loras.{index}: this pipeline has no LoRAs")
         self.loras.set_weight(index, weight)
 
+    def ip_adapter_scale(self) -> float:
+        return self.ip_adapter.config.scale if self.ip_adapter is not None else 0.0
+
+    def set_ip_adapter_scale(self, scale: float) -> None:
+        """Live: the IP-Adapter's scale, written into its device scalar (no recompile, no re-capture)."""
+        if self.ip_adapter is None:
+            raise DreamwireError("ip_adapter.scale: this pipeline has no IP-Adapter (set ip_adapter.model)")
+        self.ip_adapter.set_scale(scale)
+
+    def set_image_tokens(self, tokens: torch.Tensor) -> None:
+        """New IP-Adapter image tokens [1, T, D] (IpAdapter.embed of a new image), swapped in between two steps."""
+        if self.image_prompt is None:
+            raise DreamwireError("ip_adapter.image: this pipeline has no IP-Adapter (set ip_adapter.model)")
+        self.image_prompt.set_tokens(tokens)
+
     def set_control_frame(self, index: int, image: torch.Tensor) -> None:
         """The newest frame of ControlNet `index`'s external source [f, 3, H, W] in [−1, 1], before a step."""
         self.controlnets.set_external(index, image)  # type: ignore[union-attr]
@@ -412,6 +447,20 @@ class StreamPipeline:
         # Δ_i = c_out·(b_i·s_i − b_i·ε̂_i)/a_i + c_skip·b_i·s_i;  s_i ← z_{i+1} + Δ_i·a_{i+1}/b_{i+1}
         delta = lcm_step(tables.beta * stock, eps, tables)
         stock.copy_(noise_next + tables.alpha_next * delta / tables.beta_next)
+
+
+def check_styles(stream: StreamConfig, loras: Sequence[LoraConfig], ip_adapter: IpAdapterConfig | None) -> None:
+    """What the stream settings cannot do with LoRAs and the IP-Adapter, refused before anything is loaded."""
+    if stream.acceleration == "tensorrt" and (loras or (ip_adapter is not None and ip_adapter.model is not None)):
+        raise DreamwireError(
+            "loras and ip_adapter with stream.acceleration tensorrt are not supported yet: use none or compile "
+            "(with stream.cuda_graph on CUDA: the weights and the scale stay live)"
+        )
+
+
+def styles_fit(models: Models, preset: Preset) -> bool:
+    """Whether `models` already carries the preset's LoRAs and IP-Adapter (else a rebuild loads the model afresh)."""
+    return loras_fit(models, preset.loras) and ip_adapter_fits(models, preset.ip_adapter)
 
 
 def lcm_step(x: torch.Tensor, eps: torch.Tensor, tables: SlotTables) -> torch.Tensor:
