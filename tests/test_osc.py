@@ -204,6 +204,7 @@ LIVE_VALUES: dict[str, tuple[tuple[Any, ...], Any]] = {  # path → (OSC argumen
     "filter.enabled": ((("T", True),), True),
     "filter.threshold": ((0.875,), 0.875),
     "filter.max_skip_frames": ((5,), 5),
+    "ip_adapter.scale": ((0.75,), 0.75),  # kept for an adapter loaded later (tests/test_styles_control.py)
     "tempo.bpm": ((128.5,), 128.5),
     "tempo.quantum": ((3,), 3),
     "tempo.latency_ms": ((40.0,), 40.0),

@@ -46,8 +46,9 @@ STREAMDIFFUSIONTD: tuple[Route, ...] = (
     Route("/guidance_scale", "prompt.guidance", arguments="f"),
     Route("/delta", "prompt.delta", arguments="f"),
     Route("/seed", "prompt.seed", arguments="i"),
+    Route("/ipadapter_scale", "ip_adapter.scale", arguments="f"),  # its IP Adapter Scale: one float, 0 to 1
 )
-STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets", "/ipadapter_scale", "/cached_attention", "/fx/")
+STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets", "/cached_attention", "/fx/")
 
 
 @cache

@@ -334,10 +334,10 @@ class StreamPipeline:
         return self.ip_adapter.config.scale if self.ip_adapter is not None else 0.0
 
     def set_ip_adapter_scale(self, scale: float) -> None:
-        """Live: the IP-Adapter's scale, written into its device scalar (no recompile, no re-capture)."""
-        if self.ip_adapter is None:
-            raise DreamwireError("ip_adapter.scale: this pipeline has no IP-Adapter (set ip_adapter.model)")
-        self.ip_adapter.set_scale(scale)
+        """Live: the IP-Adapter's scale, written into its device scalar (no recompile, no re-capture). Without an
+        adapter there is nothing to scale: the preset keeps the value for when one is loaded."""
+        if self.ip_adapter is not None:
+            self.ip_adapter.set_scale(scale)
 
     def set_image_tokens(self, tokens: torch.Tensor) -> None:
         """New IP-Adapter image tokens [1, T, D] (IpAdapter.embed of a new image), swapped in between two steps."""
