@@ -26,6 +26,7 @@ from engine.config import paths
 from engine.config.presets import load_preset
 from engine.config.registry import registry
 from engine.config.schema import ControlNetConfig, OscConfig, Preset
+from engine.config.styles import LoraConfig
 from engine.control.coerce import osc_type
 from engine.control.osc import OscTransport
 from engine.control.routes import parameter_address
@@ -271,6 +272,16 @@ REBUILD_VALUES: dict[str, tuple[tuple[Any, ...], Any]] = {
     "controlnets": (
         ('[{"model": "random", "preprocessor": "none"}]',),
         [ControlNetConfig(model="random", preprocessor="none")],
+    ),
+    "loras": (('[{"id": "someone/style-lora", "weight": 0.5}]',), [LoraConfig(id="someone/style-lora", weight=0.5)]),
+    # the adapter's model last: it needs an encoder and an image (hub ids and a source: never files from here)
+    "ip_adapter.image_encoder": (("h94/IP-Adapter/models/image_encoder",), "h94/IP-Adapter/models/image_encoder"),
+    "ip_adapter.image": (("ndi:reference",), "ndi:reference"),
+    "ip_adapter.image_hz": ((5,), 5.0),
+    "ip_adapter.plus": ((1,), True),
+    "ip_adapter.model": (
+        ("h94/IP-Adapter/models/ip-adapter-plus_sd15.bin",),
+        "h94/IP-Adapter/models/ip-adapter-plus_sd15.bin",
     ),
 }
 
