@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import preset
 from test_ip_adapter import adapter_files  # noqa: F401  (the fixture: a synthetic adapter, encoder and images)
 from test_lora import write_lora
@@ -114,3 +115,32 @@ def test_file_paths_are_refused_over_the_network_even_with_rebuild_keys(rig, tmp
     errors: list[Any] = r.controller.sync(r.feedback)
     assert len(errors) == 4 and all("a file path is refused over the network" in e for e in errors), errors
     assert r.engine.preset.loras == [] and not r.engine.rebuilding
+
+
+def test_a_source_image_is_embedded_off_the_engine_thread_and_swapped_in(adapter_files, tiny_taesd_models):  # noqa: F811
+    """ip_adapter.image as a source URI (the moving test pattern as a second feed): its frames are embedded on the
+    image-prompt worker, at most image_hz a second, and each new embedding lands in the pipeline's token buffer."""
+    from test_controlnet_external import step_until
+
+    from bridges.pattern import PatternSource
+
+    config = preset()
+    config.ip_adapter = IpAdapterConfig(
+        model=adapter_files["model"],
+        image_encoder=adapter_files["image_encoder"],
+        image="pattern:?width=64&height=64&fps=30",
+        image_hz=20.0,
+    )
+    models = Models(**{**tiny_taesd_models.__dict__, "unet": build_unet(), "loaded": {}})
+    engine = LiveEngine(config, models=models)
+    try:
+        tokens = engine.pipeline.image_prompt.tokens
+        address = tokens.data_ptr()
+        assert not tokens.any()  # nothing embedded yet: the image adds nothing
+        engine.start_io(source=PatternSource(64, 64, fps=0), sinks=[])
+        step_until(engine, lambda: bool(tokens.any()))
+        first = tokens.clone()
+        step_until(engine, lambda: not torch.equal(tokens, first))  # the pattern moves: a newer embedding
+        assert engine.image_prompt.embedded >= 2 and tokens.data_ptr() == address and not engine.rebuilding
+    finally:
+        engine.close()
