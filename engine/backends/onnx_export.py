@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -374,3 +375,30 @@ def export_styled_unet(
         dynamic["image_tokens"] = {0: "batch"}
     graph = _StyledUNetGraph(unet, loras, ip_scale)
     return _export(graph, tuple(example), path, [*UNET_INPUTS, *names], UNET_OUTPUT, dynamic), names
+
+
+@dataclass(frozen=True)
+class StyleInputs:
+    """What a styled UNet engine takes beyond the UNet's own inputs, and the fixed-address buffers it reads them
+    from (the pipeline writes them in place: a weight, a scale or an image change is never a rebuild)."""
+
+    loras: Sequence[LiveNumber] = ()  # every LoRA's number (a view of lora_weights); () when none runs unfused
+    lora_weights: torch.Tensor | None = None  # [k]
+    ip_scale: LiveNumber | None = None  # a view of ip_scale_buffer
+    ip_scale_buffer: torch.Tensor | None = None  # [1]
+    image_tokens: torch.Tensor | None = None  # [max_rows, T, D]: a call of B rows reads the first B
+
+    def buffers(self) -> dict[str, tuple[torch.Tensor, bool]]:
+        """input name → (its buffer, whether a call binds only its first rows), in STYLE_INPUTS order."""
+        found: dict[str, tuple[torch.Tensor, bool]] = {}
+        if self.loras and self.lora_weights is not None:
+            found["lora_scales"] = (self.lora_weights, False)
+        if self.ip_scale is not None and self.image_tokens is not None and self.ip_scale_buffer is not None:
+            found["image_tokens"] = (self.image_tokens, True)
+            found["ip_adapter_scale"] = (self.ip_scale_buffer, False)
+        return found
+
+    def export(self, unet: torch.nn.Module, path: Path, rows: int, latent_size: tuple[int, int]) -> Path:
+        tokens = int(self.image_tokens.shape[1]) if self.image_tokens is not None else 0
+        ip_scale = self.ip_scale if "image_tokens" in self.buffers() else None
+        return export_styled_unet(unet, path, rows, latent_size, self.loras, ip_scale, tokens)[0]

@@ -24,6 +24,7 @@ from engine.backends.compiled import CompiledUNet, CompiledVae
 from engine.backends.cuda_graph import Body, CudaGraphStep, EagerStep, StepRunner
 from engine.backends.eager import CpuFallbackLog, MpsVae, prepare_modules
 from engine.backends.fallback import Fallback
+from engine.backends.onnx_export import StyleInputs
 from engine.backends.unet import EagerUNet, UNetBackend
 from engine.backends.vae import VaeBackend
 from engine.config.schema import ModelConfig, StreamConfig
@@ -50,9 +51,12 @@ def select_backends(
     unet_rows: int,
     device: torch.device,
     dtype: torch.dtype,
+    styles: StyleInputs | None = None,
+    style_key: tuple[tuple[str, float | None], ...] = (),
 ) -> Backends:
     """unet_rows: UNet rows per call with guidance on (n·f, (n+1)·f or 2·n·f, by cfg_type): the TensorRT
-    engine's batch. vae: the eager codec of vae_module."""
+    engine's batch. vae: the eager codec of vae_module. styles, style_key: the LoRA and IP-Adapter inputs of a
+    TensorRT engine and what its cache key says of them (engine/pipeline/stream.py)."""
     name = stream.acceleration
     if name not in ACCELERATIONS:
         raise DreamwireError(f"stream.acceleration {name!r} is unknown (allowed: {', '.join(ACCELERATIONS)})")
@@ -64,7 +68,8 @@ def select_backends(
     try:
         if name == "compile":
             return Backends(CompiledUNet(unet, fallback), CompiledVae(vae, fallback), "compile")
-        return Backends(_tensorrt_unet(unet, model, stream, unet_rows, device, dtype), eager.vae, "tensorrt")
+        trt_unet = _tensorrt_unet(unet, model, stream, unet_rows, device, dtype, styles, style_key)
+        return Backends(trt_unet, eager.vae, "tensorrt")
     except Exception as error:  # a TensorRT build fails in many ways; the rule is the same for all of them
         fallback.failed(f"stream.acceleration {name!r}", error)
         return eager
@@ -83,6 +88,8 @@ def _tensorrt_unet(
     unet_rows: int,
     device: torch.device,
     dtype: torch.dtype,
+    styles: StyleInputs | None = None,
+    style_key: tuple[tuple[str, float | None], ...] = (),
 ) -> UNetBackend:
     try:  # lazily: tensorrt is an optional extra, and its import is slow
         from engine.backends.engine_cache import engine_spec
@@ -94,7 +101,8 @@ def _tensorrt_unet(
     import_tensorrt()  # the package first: without it no other fix helps (a one-line error naming the extra)
     if model is None:
         raise DreamwireError("the TensorRT engine key needs the model's config: load the models with load_models")
-    return build_unet_backend(unet, engine_spec(model, stream, unet_rows, dtype, device))
+    spec = engine_spec(model, stream, unet_rows, dtype, device, loras=style_key)
+    return build_unet_backend(unet, spec, styles=styles)
 
 
 def make_step_runner(

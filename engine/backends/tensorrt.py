@@ -23,7 +23,14 @@ from typing import Any
 import torch
 
 from engine.backends.engine_cache import EngineSpec, engine_path, save_engine
-from engine.backends.onnx_export import TEXT_TOKENS, UNET_INPUTS, UNET_OUTPUT, export_unet, unet_size_factor
+from engine.backends.onnx_export import (
+    TEXT_TOKENS,
+    UNET_INPUTS,
+    UNET_OUTPUT,
+    StyleInputs,
+    export_unet,
+    unet_size_factor,
+)
 from engine.core.errors import DreamwireError
 
 log = logging.getLogger(__name__)
@@ -46,8 +53,12 @@ def import_tensorrt() -> ModuleType:
     return tensorrt
 
 
-def build_unet_backend(unet: torch.nn.Module, spec: EngineSpec, *, cache_dir: Path | None = None) -> TensorRTUNet:
-    """The UNet as a TensorRT engine: the cached one for spec's key, else exported, built and cached."""
+def build_unet_backend(
+    unet: torch.nn.Module, spec: EngineSpec, *, cache_dir: Path | None = None, styles: StyleInputs | None = None
+) -> TensorRTUNet:
+    """The UNet as a TensorRT engine: the cached one for spec's key, else exported, built and cached. styles: the
+    LoRA weights and IP-Adapter inputs, bound once to the pipeline's buffers (engine/backends/onnx_export.py)."""
+    styles = styles or StyleInputs()
     trt = import_tensorrt()
     path = engine_path(spec, cache_dir)
     key = spec.compute_hash()
@@ -61,9 +72,9 @@ def build_unet_backend(unet: torch.nn.Module, spec: EngineSpec, *, cache_dir: Pa
             log.info("loading TensorRT engine %s (key %s)", path, key)
             serialized = path.read_bytes()
         else:
-            serialized = _build(trt, unet, spec, path)
+            serialized = _build(trt, unet, spec, path, styles)
             save_engine(spec, serialized, path.parent)
-        return TensorRTUNet(trt, serialized, path, key, device, unet_size_factor(unet))
+        return TensorRTUNet(trt, serialized, path, key, device, unet_size_factor(unet), styles.buffers())
     except DreamwireError:
         raise
     except Exception as error:  # TensorRT, ONNX and file errors come in many types: all stop the run, named
@@ -86,14 +97,18 @@ def _cuda_stream(device: torch.device) -> int:
 # ---- build -----------------------------------------------------------------------------------------
 
 
-def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path) -> bytes:
+def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path, styles: StyleInputs) -> bytes:
     key = spec.compute_hash()
     log.info("building TensorRT engine for %s (key %s): this takes minutes, once per key", spec.model_id, key)
     started = time.monotonic()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=path.parent) as staging:
         side = spec.opt_size // LATENT_FACTOR
-        onnx_path = export_unet(unet, Path(staging) / "unet.onnx", spec.unet_rows, (side, side))
+        graph = Path(staging) / "unet.onnx"
+        if styles.buffers():
+            onnx_path = styles.export(unet, graph, spec.unet_rows, (side, side))
+        else:
+            onnx_path = export_unet(unet, graph, spec.unet_rows, (side, side))
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -102,7 +117,7 @@ def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path)
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise DreamwireError(f"TensorRT engine {path} (key {key}): the ONNX parser refused the UNet: {errors}")
         config = builder.create_builder_config()
-        config.add_optimization_profile(_profile(builder, unet, spec))
+        config.add_optimization_profile(_profile(builder, unet, spec, styles))
         config.progress_monitor = _progress_monitor(trt)
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -111,7 +126,7 @@ def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path)
     return bytes(serialized)
 
 
-def _profile(builder: Any, unet: torch.nn.Module, spec: EngineSpec) -> Any:
+def _profile(builder: Any, unet: torch.nn.Module, spec: EngineSpec, styles: StyleInputs) -> Any:
     """Batch 1..rows (tuned for rows), sides min..max pixels (tuned for opt), in latent units."""
     channels, dim, rows = int(unet.config.in_channels), int(unet.config.cross_attention_dim), spec.unet_rows
     low, opt, high = (size // LATENT_FACTOR for size in (spec.min_size, spec.opt_size, spec.max_size))
@@ -121,6 +136,10 @@ def _profile(builder: Any, unet: torch.nn.Module, spec: EngineSpec) -> Any:
     profile.set_shape(
         "encoder_hidden_states", (1, TEXT_TOKENS, dim), (rows, TEXT_TOKENS, dim), (rows, TEXT_TOKENS, dim)
     )
+    for name, (buffer, per_row) in styles.buffers().items():  # the style inputs: fixed, or one row per UNet row
+        row = tuple(buffer.shape[1:])
+        low_opt_high = ((1, *row), (rows, *row), (rows, *row)) if per_row else (tuple(buffer.shape),) * 3
+        profile.set_shape(name, *low_opt_high)
     return profile
 
 
@@ -159,9 +178,17 @@ class TensorRTUNet:
     """ε = unet(x, t, embeddings) on a TensorRT engine. x: [B, C, h, w], t: [B] int64, embeddings: [B, 77, D]."""
 
     def __init__(
-        self, trt: ModuleType, serialized: bytes, path: Path, key: str, device: torch.device, size_factor: int
+        self,
+        trt: ModuleType,
+        serialized: bytes,
+        path: Path,
+        key: str,
+        device: torch.device,
+        size_factor: int,
+        styles: dict[str, tuple[torch.Tensor, bool]] | None = None,
     ) -> None:
         self.path, self.key, self.device, self.size_factor = path, key, device, size_factor
+        self.styles = styles or {}  # style input → (the pipeline's buffer, bound by rows): read at every call
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(serialized)
         if self.engine is None:
@@ -170,8 +197,9 @@ class TensorRTUNet:
                 "delete it with `dreamwire engines clear`"
             )
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        if names != {*UNET_INPUTS, UNET_OUTPUT}:
-            raise self._error(f"its I/O tensors are {sorted(names)}, expected {[*UNET_INPUTS, UNET_OUTPUT]}")
+        if names != {*UNET_INPUTS, *self.styles, UNET_OUTPUT}:
+            expected = [*UNET_INPUTS, *self.styles, UNET_OUTPUT]
+            raise self._error(f"its I/O tensors are {sorted(names)}, expected {expected}")
         self.dtypes = {name: _TORCH_DTYPES[self.engine.get_tensor_dtype(name).name] for name in names}
         self.context = self.engine.create_execution_context()
         self._shape: tuple[torch.Size, torch.Size] | None = None
@@ -211,7 +239,13 @@ class TensorRTUNet:
             name: torch.empty(dims, dtype=self.dtypes[name], device=self.device) for name, dims in shapes.items()
         }
         self._output = torch.empty(tuple(sample), dtype=self.dtypes[UNET_OUTPUT], device=self.device)
-        for name, buffer in (*self._inputs.items(), (UNET_OUTPUT, self._output)):
+        bound = []  # the style inputs: the pipeline's own buffers (a call of B rows reads the first B rows)
+        for name, (buffer, per_row) in self.styles.items():
+            dims = (rows, *buffer.shape[1:]) if per_row else tuple(buffer.shape)
+            if not self.context.set_input_shape(name, dims):
+                raise self._error(f"input {name} {dims} is outside its optimisation profile")
+            bound.append((name, buffer))
+        for name, buffer in (*self._inputs.items(), *bound, (UNET_OUTPUT, self._output)):
             if not self.context.set_tensor_address(name, buffer.data_ptr()):
                 raise self._error(f"set_tensor_address({name}) failed")
         log.debug("TensorRT UNet buffers for sample %s, embeddings %s", tuple(sample), tuple(embeddings))

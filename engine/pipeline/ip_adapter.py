@@ -134,7 +134,8 @@ class IpAdapter:
             )
         self.encoder = encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
         processors = [p for p in unet.attn_processors.values() if hasattr(p, "to_v_ip")]
-        self.scale = LiveScale(config.scale, device, dtype)
+        self.scale_buffer = torch.zeros(1, device=device, dtype=dtype)  # [1]: a TensorRT engine's ip_adapter_scale
+        self.scale = LiveScale(config.scale, device, dtype, storage=self.scale_buffer[0])
         self.scale.hook(processor.to_v_ip[0] for processor in processors)
         self.tokens_shape = (int(processors[0].num_tokens[0]), int(unet.config.cross_attention_dim))  # (T, D)
         self.image_size = int(encoder.config.image_size)
@@ -182,19 +183,37 @@ def read_image_file(path: str) -> torch.Tensor:
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
 
+def image_tokens_buffer(adapter: IpAdapter, max_rows: int) -> torch.Tensor:
+    """The image tokens of every UNet row [max_rows, T, D], zero until an image is embedded (adds nothing)."""
+    return torch.zeros((max_rows, *adapter.tokens_shape), device=adapter.device, dtype=adapter.dtype)
+
+
 class ImagePromptUNet:
     """A UNet backend with the image tokens joined to the text embeddings (engine/backends/unet.py's protocol).
-    tokens: [max_rows, T, D] at a fixed address; each call reads its first rows."""
+    tokens: [max_rows, T, D] at a fixed address; each call reads its first rows. joined=False: the backend reads
+    the buffer itself (a TensorRT engine bound to it), so only the text embeddings are passed on."""
 
-    def __init__(self, inner: UNetBackend, adapter: IpAdapter, max_rows: int) -> None:
-        self.inner, self.adapter = inner, adapter
-        self.tokens = torch.zeros((max_rows, *adapter.tokens_shape), device=adapter.device, dtype=adapter.dtype)
+    def __init__(self, inner: UNetBackend, tokens: torch.Tensor, joined: bool = True) -> None:
+        self.inner, self.tokens = inner, tokens
+        self._call = self._joined if joined else self._text_only  # chosen once
 
     def set_tokens(self, tokens: torch.Tensor) -> None:
         """New image tokens [1, T, D] for every row, in place (between two steps: no flash, no re-capture)."""
         self.tokens.copy_(tokens.expand_as(self.tokens))
 
     def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, residuals: Residuals | None = None
+    ) -> torch.Tensor:
+        return self._call(x, t, embeddings, residuals)
+
+    def _text_only(
+        self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, residuals: Residuals | None = None
+    ) -> torch.Tensor:
+        if residuals is None:  # the TensorRT engine takes no residuals (ControlNets are refused with it)
+            return self.inner(x, t, embeddings)
+        return self.inner(x, t, embeddings, residuals)
+
+    def _joined(
         self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, residuals: Residuals | None = None
     ) -> torch.Tensor:
         return self.inner(x, t, (embeddings, [self.tokens[: x.shape[0]]]), residuals)  # type: ignore[arg-type]

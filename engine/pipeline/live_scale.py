@@ -18,8 +18,12 @@ import torch
 class LiveScale:
     """One live number (a LoRA weight, the IP-Adapter scale) on every module it is hooked into."""
 
-    def __init__(self, value: float, device: torch.device, dtype: torch.dtype) -> None:
-        self.value = torch.full((), value, device=device, dtype=dtype)  # 0-dim, fixed address
+    def __init__(
+        self, value: float, device: torch.device, dtype: torch.dtype, storage: torch.Tensor | None = None
+    ) -> None:
+        """storage: a 0-dim view into a buffer of several numbers (a TensorRT engine input reads the buffer)."""
+        self.value = torch.full((), value, device=device, dtype=dtype) if storage is None else storage  # 0-dim
+        self.value.fill_(value)
         self._handles: list[Any] = []
 
     def set(self, value: float) -> None:

@@ -104,8 +104,13 @@ class Loras:
         _import_peft()
         self.unet, self.configs, self.key = unet, list(configs), lora_key(configs)
         self.names = [adapter_name(i) for i in range(len(configs))]
-        # Unfused: the live weight. Fused: out of the forward pass, its scale unused.
-        self.scales = [LiveScale(1.0 if c.fuse else c.weight, device, dtype) for c in configs]
+        # Unfused: the live weight. Fused: out of the forward pass, its scale unused. One buffer [k] holds them
+        # all (each scale a 0-dim view of it): a TensorRT engine takes it as its lora_scales input.
+        self.weights = torch.zeros(len(configs), device=device, dtype=dtype)
+        self.scales = [
+            LiveScale(1.0 if c.fuse else c.weight, device, dtype, storage=self.weights[i])
+            for i, c in enumerate(configs)
+        ]
         self._fused: dict[str, float] = {}  # adapter name -> the weight baked into the base weights
         try:
             for config, name, scale in zip(configs, self.names, self.scales, strict=True):
@@ -165,6 +170,11 @@ class Loras:
         for index, config in enumerate(configs):
             if not config.fuse:
                 self.set_weight(index, config.weight)
+
+    @property
+    def live(self) -> bool:
+        """Some LoRA runs unfused (its weight is an input of the step)."""
+        return any(not c.fuse for c in self.configs)
 
     def remove(self) -> None:
         """Unfuse, unhook and unload every adapter: the UNet is the base model again."""

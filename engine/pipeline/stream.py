@@ -16,6 +16,7 @@ graph stays valid; only a change of CFG strategy (guidance crossing 1) invalidat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from dataclasses import fields
 
 import torch
 
+from engine.backends.onnx_export import StyleInputs
 from engine.backends.select import make_step_runner, select_backends
 from engine.config.schema import ControlNetConfig, FilterConfig, Preset, PromptConfig, StreamConfig, check_t_index_list
 from engine.config.styles import IpAdapterConfig, LoraConfig
@@ -33,12 +35,14 @@ from engine.pipeline.controlnet import ControlledUNet, ControlNets, check_stream
 from engine.pipeline.image import FrameLoader, HostFrames
 from engine.pipeline.ip_adapter import (
     ImagePromptUNet,
+    IpAdapter,
     attach_ip_adapter,
+    image_tokens_buffer,
     ip_adapter_fits,
     is_source_uri,
     read_image_file,
 )
-from engine.pipeline.lora import attach_loras, loras_fit
+from engine.pipeline.lora import Loras, attach_loras, loras_fit
 from engine.pipeline.models import Models
 from engine.pipeline.schedule import SlotTables, build_slot_tables, slot_rows
 from engine.pipeline.similarity_filter import NoFilter, SimilarityFilter
@@ -77,27 +81,31 @@ class StreamPipeline:
             )
         # LoRAs and the IP-Adapter (engine/pipeline/lora.py, ip_adapter.py): on the UNet, before any backend
         # traces or compiles it.
-        check_styles(stream, loras, ip_adapter)
         self.loras = attach_loras(models, loras)
         self.ip_adapter = attach_ip_adapter(models, ip_adapter or IpAdapterConfig())
         # How a step's model part runs (one CUDA graph replay, or call by call), chosen once.
         self._run = make_step_runner(stream, self._model_step, self._state_kept, self.device)
+        max_rows = guided_unet_rows(stream.cfg_type, self.unet_rows, self.frames)
+        tokens = image_tokens_buffer(self.ip_adapter, max_rows) if self.ip_adapter is not None else None
+        styles, style_key = style_inputs(self.loras, self.ip_adapter, tokens)
         backends = select_backends(
             stream,
             models.config,
             models.unet,
             models.vae,
             codec,
-            guided_unet_rows(stream.cfg_type, self.unet_rows, self.frames),
+            max_rows,
             self.device,
             self.dtype,
+            styles,
+            style_key,
         )
         self.unet, self.codec, self.acceleration = backends.unet, backends.vae, backends.name
-        # The IP-Adapter's image tokens join the text embeddings in every UNet call (a fixed-address buffer).
+        # The IP-Adapter's image tokens join the text embeddings in every UNet call (a fixed-address buffer; a
+        # TensorRT engine is bound to it and reads it itself).
         self.image_prompt: ImagePromptUNet | None = None
-        if self.ip_adapter is not None:
-            max_rows = guided_unet_rows(stream.cfg_type, self.unet_rows, self.frames)
-            self.unet = self.image_prompt = ImagePromptUNet(self.unet, self.ip_adapter, max_rows)
+        if self.ip_adapter is not None and tokens is not None:
+            self.unet = self.image_prompt = ImagePromptUNet(self.unet, tokens, joined=self.acceleration != "tensorrt")
             image = self.ip_adapter.config.image
             if image is not None and not is_source_uri(image):  # a file: embedded now; a source: by the engine
                 self.set_image_tokens(self.ip_adapter.embed(read_image_file(image.removeprefix("file:"))))
@@ -449,13 +457,22 @@ class StreamPipeline:
         stock.copy_(noise_next + tables.alpha_next * delta / tables.beta_next)
 
 
-def check_styles(stream: StreamConfig, loras: Sequence[LoraConfig], ip_adapter: IpAdapterConfig | None) -> None:
-    """What the stream settings cannot do with LoRAs and the IP-Adapter, refused before anything is loaded."""
-    if stream.acceleration == "tensorrt" and (loras or (ip_adapter is not None and ip_adapter.model is not None)):
-        raise DreamwireError(
-            "loras and ip_adapter with stream.acceleration tensorrt are not supported yet: use none or compile "
-            "(with stream.cuda_graph on CUDA: the weights and the scale stay live)"
+def style_inputs(
+    loras: Loras | None, adapter: IpAdapter | None, tokens: torch.Tensor | None
+) -> tuple[StyleInputs, tuple[tuple[str, float | None], ...]]:
+    """The LoRA and IP-Adapter inputs of a TensorRT engine (the pipeline's buffers) and their part of its key:
+    each LoRA (id, fused weight, or None when live), the IP-Adapter ("ip_adapter:<model>", None)."""
+    key: list[tuple[str, float | None]] = []
+    styles = StyleInputs()
+    if loras is not None:
+        key += [(c.id, c.weight if c.fuse else None) for c in loras.configs]
+        styles = StyleInputs(loras.scales if loras.live else (), loras.weights)
+    if adapter is not None:
+        key.append((f"ip_adapter:{adapter.config.model}", None))
+        styles = dataclasses.replace(
+            styles, ip_scale=adapter.scale, ip_scale_buffer=adapter.scale_buffer, image_tokens=tokens
         )
+    return styles, tuple(key)
 
 
 def styles_fit(models: Models, preset: Preset) -> bool:
