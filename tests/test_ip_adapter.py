@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.bench.styles import random_ip_adapter
 from engine.config.schema import FilterConfig, PromptConfig, StreamConfig
 from engine.config.styles import IpAdapterConfig
 from engine.core.errors import DreamwireError
@@ -20,33 +21,9 @@ from tests.conftest import SIZE, clip, to_input
 
 
 def ip_adapter_state_dict(unet: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """to_k_ip / to_v_ip for every cross-attention layer (keys 1, 3, 5, …: diffusers' numbering of the attention
-    processors, self-attention in between) and a 4-token ImageProjection, flattened for .safetensors."""
-    from diffusers.models.attention_processor import IPAdapterAttnProcessor
-    from diffusers.models.embeddings import ImageProjection
-
-    torch.manual_seed(seed)
-    config, state, key_id = unet.config, {}, 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
-        if name.startswith("mid_block"):
-            hidden = config.block_out_channels[-1]
-        elif name.startswith("up_blocks"):
-            hidden = list(reversed(config.block_out_channels))[int(name[len("up_blocks.")])]
-        else:
-            hidden = config.block_out_channels[int(name[len("down_blocks.")])]
-        weights = IPAdapterAttnProcessor(hidden, config.cross_attention_dim, scale=1.0).state_dict()
-        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = weights["to_k_ip.0.weight"]
-        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = weights["to_v_ip.0.weight"]
-        key_id += 2
-    dim = config.cross_attention_dim
-    projection = ImageProjection(cross_attention_dim=dim, image_embed_dim=dim, num_image_text_embeds=4).state_dict()
-    state["image_proj.proj.weight"] = projection["image_embeds.weight"]
-    state["image_proj.proj.bias"] = projection["image_embeds.bias"]
-    state["image_proj.norm.weight"] = projection["norm.weight"]
-    state["image_proj.norm.bias"] = projection["norm.bias"]
-    return {k: v.contiguous() for k, v in state.items()}
+    """to_k_ip / to_v_ip for every cross-attention layer and a 4-token ImageProjection, built the way diffusers'
+    tests build one (create_ip_adapter_state_dict), flattened for .safetensors (the bench's builder)."""
+    return random_ip_adapter(unet, seed)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 
 from engine.backends.cuda_graph import CudaGraphStep
 from engine.backends.fallback import Fallback
+from engine.bench.styles import write_random_lora
 from engine.config.schema import FilterConfig, PromptConfig, StreamConfig
 from engine.config.styles import LoraConfig
 from engine.core.errors import DreamwireError
@@ -22,24 +23,12 @@ from tests.conftest import SIZE, clip, to_input
 
 pytest.importorskip("peft", reason="LoRAs need peft (pip install 'dreamwire[lora]')")
 
-_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # what the LoRAs adapt (engine/bench/styles.py)
 
 
-def write_lora(path: Path, seed: int, rank: int = 4, std: float = 0.3) -> str:
-    """A random LoRA for the tiny UNet, saved as diffusers saves one (unet.<module>.lora.{down,up}.weight)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig as PeftLoraConfig
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    unet = build_unet()
-    # init_lora_weights=False: peft's default makes B = 0, a no-op adapter that would prove nothing
-    unet.add_adapter(PeftLoraConfig(r=rank, lora_alpha=rank, target_modules=_TARGETS, init_lora_weights=False))
-    generator = torch.Generator().manual_seed(seed)
-    state = get_peft_model_state_dict(unet)
-    state = {key: torch.randn(value.shape, generator=generator) * std for key, value in state.items()}
-    save_file({f"unet.{k}": v.contiguous() for k, v in convert_state_dict_to_diffusers(state).items()}, str(path))
-    return str(path)
+def write_lora(path: Path, seed: int, rank: int = 4) -> str:
+    """A random LoRA for the tiny UNet, saved as diffusers saves one (the bench's builder)."""
+    return write_random_lora(build_unet(), path, seed, rank)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from engine.bench.bridges import format_bridge_costs
 from engine.bench.controlnet import format_controlnet
 from engine.bench.osc import format_osc
 from engine.bench.pipeline import Measurement, format_table
+from engine.bench.styles import format_styles
 from engine.bench.tempo import format_tempo
 
 
@@ -52,5 +53,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(format_tempo(report["tempo"]))
     if "controlnets" in report:
         lines += format_controlnet(report["controlnets"])
+    if "styles" in report:
+        lines.append(format_styles(report["styles"]))
     lines.append(f"device: {report['device']}, torch threads: {report['threads']}")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ PARTS = (
     "bridges",
     "osc",
     "tempo",
-)  # the default; `--only controlnets` adds ControlNets
+)  # the default; `--only controlnets` adds ControlNets, `--only styles` LoRAs and the IP-Adapter
 
 
 def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
@@ -58,6 +58,7 @@ def _parts(models: Models, preset: Preset, frames: int) -> dict[str, Callable[[]
     from engine.bench.live import loop_efficiency, prompt_change_frame_times
     from engine.bench.osc import osc_benchmarks
     from engine.bench.pipeline import ratios, run_measurements
+    from engine.bench.styles import style_costs
     from engine.bench.tempo import tempo_benchmarks
 
     def pipeline() -> dict[str, Any]:
@@ -76,4 +77,5 @@ def _parts(models: Models, preset: Preset, frames: int) -> dict[str, Callable[[]
         "osc": lambda: {"osc": osc_benchmarks(models, preset)},
         "tempo": lambda: {"tempo": tempo_benchmarks(models, preset, changes=max(4, frames), frames=max(8, 4 * frames))},
         "controlnets": lambda: {"controlnets": controlnet_costs(models, preset, frames)},
+        "styles": lambda: {"styles": style_costs(models, preset, frames)},
     }
