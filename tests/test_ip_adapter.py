@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from engine.bench.styles import random_ip_adapter
-from engine.config.schema import FilterConfig, PromptConfig, StreamConfig
-from engine.config.styles import IpAdapterConfig
+from engine.config.schema import FilterConfig, IpAdapterConfig, PromptConfig, StreamConfig
 from engine.core.errors import DreamwireError
 from engine.pipeline.ip_adapter import attach_ip_adapter, ip_adapter_fits, read_image_file
 from engine.pipeline.models import Models

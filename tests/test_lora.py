@@ -12,8 +12,7 @@ import torch
 from engine.backends.cuda_graph import CudaGraphStep
 from engine.backends.fallback import Fallback
 from engine.bench.styles import write_random_lora
-from engine.config.schema import FilterConfig, PromptConfig, StreamConfig
-from engine.config.styles import LoraConfig
+from engine.config.schema import FilterConfig, LoraConfig, PromptConfig, StreamConfig
 from engine.core.errors import DreamwireError
 from engine.pipeline.lora import attach_loras, loras_fit
 from engine.pipeline.models import Models

@@ -25,8 +25,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from engine.config import paths
 from engine.config.presets import load_preset
 from engine.config.registry import registry
-from engine.config.schema import ControlNetConfig, OscConfig, Preset
-from engine.config.styles import LoraConfig
+from engine.config.schema import ControlNetConfig, LoraConfig, OscConfig, Preset
 from engine.control.coerce import osc_type
 from engine.control.osc import OscTransport
 from engine.control.routes import parameter_address

@@ -17,8 +17,7 @@ from test_lora import write_lora
 from test_osc import NS, rig  # noqa: F401  (rig: the fixture, a real UDP socket on loopback)
 
 from engine.config.registry import registry
-from engine.config.schema import Preset
-from engine.config.styles import IpAdapterConfig, LoraConfig
+from engine.config.schema import IpAdapterConfig, LoraConfig, Preset
 from engine.control.routes import routes
 from engine.live.loop import LiveEngine
 from engine.pipeline.ip_adapter import attach_ip_adapter

@@ -15,7 +15,7 @@ from test_ip_adapter import ip_adapter_state_dict
 from test_lora import write_lora
 
 from engine.backends.onnx_export import export_styled_unet
-from engine.config.styles import IpAdapterConfig, LoraConfig
+from engine.config.schema import IpAdapterConfig, LoraConfig
 from engine.pipeline.ip_adapter import IpAdapter
 from engine.pipeline.lora import Loras
 from engine.pipeline.tiny import build_unet

@@ -16,8 +16,7 @@ from test_ip_adapter import adapter_files  # noqa: F401  (the fixture)
 from test_lora import write_lora
 
 from engine.backends import tensorrt as trt_backend
-from engine.config.schema import FilterConfig, PromptConfig, StreamConfig
-from engine.config.styles import IpAdapterConfig, LoraConfig
+from engine.config.schema import FilterConfig, IpAdapterConfig, LoraConfig, PromptConfig, StreamConfig
 from engine.pipeline.models import Models
 from engine.pipeline.stream import StreamPipeline
 from engine.pipeline.tiny import build_unet

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from bridges.pattern import pattern_image
-from engine.config.schema import Preset
-from engine.config.styles import IpAdapterConfig, LoraConfig
+from engine.config.schema import IpAdapterConfig, LoraConfig, Preset
 from engine.pipeline.image import to_unit_range
 from engine.pipeline.ip_adapter import attach_ip_adapter
 from engine.pipeline.lora import attach_loras

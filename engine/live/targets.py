@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.config.schema import MAX_CONTROLNETS
-from engine.config.styles import MAX_LORAS
+from engine.config.schema import MAX_CONTROLNETS, MAX_LORAS
 from engine.live.blending import blend_embeddings, blend_noise, slerp
 from engine.live.controls import BlendPrompts, BlendSeeds, SetValue
 from engine.live.transitions import Interp, Value, lerp

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from engine.backends.unet import Residuals, UNetBackend
-from engine.config.styles import IpAdapterConfig
+from engine.config.schema import IpAdapterConfig
 from engine.core.errors import DreamwireError
 from engine.pipeline.live_scale import LiveScale
 from engine.pipeline.models import Models, from_pretrained

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from engine.config.styles import LoraConfig
+from engine.config.schema import LoraConfig
 from engine.core.errors import DreamwireError
 from engine.pipeline.live_scale import LiveScale
 from engine.pipeline.models import Models, from_pretrained

@@ -26,8 +26,16 @@ import torch
 
 from engine.backends.onnx_export import StyleInputs
 from engine.backends.select import make_step_runner, select_backends
-from engine.config.schema import ControlNetConfig, FilterConfig, Preset, PromptConfig, StreamConfig, check_t_index_list
-from engine.config.styles import IpAdapterConfig, LoraConfig
+from engine.config.schema import (
+    ControlNetConfig,
+    FilterConfig,
+    IpAdapterConfig,
+    LoraConfig,
+    Preset,
+    PromptConfig,
+    StreamConfig,
+    check_t_index_list,
+)
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy, GuidanceScalars, guided_unet_rows, select_cfg
 from engine.pipeline.codec import KLCodec, make_codec
