@@ -131,3 +131,64 @@ def test_bad_settings_are_one_line_each(models: Models, adapter_files: dict, tmp
         attach_ip_adapter(models, _config(adapter_files, plus=True))
     with pytest.raises(ValueError, match="needs an image_encoder and an image"):
         IpAdapterConfig(model=adapter_files["model"])
+
+
+def test_graph_stand_in_replays_equal_eager_through_scale_and_image_changes(
+    models: Models, adapter_files: dict
+) -> None:
+    """The CUDA-graph stand-in (tests/test_lora.py's recorder): one capture; scale and image changes replay equal to
+    eager, through buffers whose addresses never change."""
+    from test_lora import _Recorder
+
+    from engine.backends.cuda_graph import CudaGraphStep
+    from engine.backends.fallback import Fallback
+
+    config = _config(adapter_files, scale=0.5)
+    eager, graphed = _pipeline(models, config), _pipeline(models, config)
+    step = CudaGraphStep(graphed._model_step, graphed._state_kept, torch.device("cpu"), Fallback(False), _Recorder)
+    graphed._run = step
+    buffers = (graphed.image_prompt.tokens, graphed.ip_adapter.scale_buffer)  # type: ignore[union-attr]
+    addresses = [b.data_ptr() for b in buffers]
+    image_b = eager.ip_adapter.embed(read_image_file(adapter_files["b"]))  # type: ignore[union-attr]
+    for k, frame in enumerate(clip(4)):
+        if k == 1:
+            eager.set_ip_adapter_scale(1.75)
+            graphed.set_ip_adapter_scale(1.75)
+        if k == 2:
+            eager.set_image_tokens(image_b)
+            graphed.set_image_tokens(image_b)
+        image = to_input(frame[None])
+        assert torch.allclose(graphed.step(image), eager.step(image).clone(), atol=1e-5), k
+    assert step.captures == 1 and [b.data_ptr() for b in buffers] == addresses
+
+
+def test_an_adapter_for_another_base_is_refused_naming_both(models: Models, tmp_path: Path) -> None:
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    other = UNet2DConditionModel(
+        block_out_channels=(64, 128),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=48,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    path = tmp_path / "other.safetensors"
+    save_file(ip_adapter_state_dict(other, seed=0), str(path))
+    config = IpAdapterConfig(model=str(path), image_encoder="unused", image="unused.png")
+    with pytest.raises(DreamwireError, match=r"does not fit the model 'tiny'") as caught:
+        attach_ip_adapter(models, config.model_copy(update={"image_encoder": _encoder_folder(tmp_path)}))
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    assert not any(hasattr(p, "to_v_ip") for p in models.unet.attn_processors.values())  # the UNet as it was
+
+
+def _encoder_folder(folder: Path) -> str:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(hidden_size=32, projection_dim=32, num_hidden_layers=1, num_attention_heads=4, image_size=32)
+    )
+    encoder.save_pretrained(folder / "encoder")
+    return str(folder / "encoder")
