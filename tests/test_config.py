@@ -51,8 +51,8 @@ def test_onetime_is_an_alias_of_initialize():
         ("stream.colour=red", r"unknown key 'stream.colour' \(allowed: acceleration, acceleration_fallback, cfg_type"),
         (
             "sound.volume=3",
-            r"unknown key 'sound' \(allowed: controlnets, feature_bank, filter, io, midi, model, osc, processors, "
-            r"prompt, stream, tempo\)",
+            r"unknown key 'sound' \(allowed: controlnets, feature_bank, filter, io, ip_adapter, loras, midi, "
+            r"model, osc, processors, prompt, stream, tempo\)",
         ),
         ("prompt.guidance=-1", r"prompt.guidance: -1 .*float in \[0, 20\]"),
         ("model.device=gpu", r"model.device: 'gpu'"),

@@ -26,7 +26,7 @@ from engine.config import paths
 from engine.config.presets import load_preset
 from engine.config.processors import ProcessorsConfig
 from engine.config.registry import registry
-from engine.config.schema import ControlNetConfig, OscConfig, Preset
+from engine.config.schema import ControlNetConfig, LoraConfig, OscConfig, Preset
 from engine.control.coerce import osc_type
 from engine.control.osc import OscTransport
 from engine.control.routes import parameter_address
@@ -205,6 +205,7 @@ LIVE_VALUES: dict[str, tuple[tuple[Any, ...], Any]] = {  # path → (OSC argumen
     "filter.enabled": ((("T", True),), True),
     "filter.threshold": ((0.875,), 0.875),
     "filter.max_skip_frames": ((5,), 5),
+    "ip_adapter.scale": ((0.75,), 0.75),  # kept for an adapter loaded later (tests/test_styles_control.py)
     "tempo.bpm": ((128.5,), 128.5),
     "tempo.quantum": ((3,), 3),
     "tempo.latency_ms": ((40.0,), 40.0),
@@ -289,6 +290,16 @@ REBUILD_VALUES: dict[str, tuple[tuple[Any, ...], Any]] = {
             ("image_post", "feedback"),
         )
     },
+    "loras": (('[{"id": "someone/style-lora", "weight": 0.5}]',), [LoraConfig(id="someone/style-lora", weight=0.5)]),
+    # the adapter's model last: it needs an encoder and an image (hub ids and a source: never files from here)
+    "ip_adapter.image_encoder": (("h94/IP-Adapter/models/image_encoder",), "h94/IP-Adapter/models/image_encoder"),
+    "ip_adapter.image": (("ndi:reference",), "ndi:reference"),
+    "ip_adapter.image_hz": ((5,), 5.0),
+    "ip_adapter.plus": ((1,), True),
+    "ip_adapter.model": (
+        ("h94/IP-Adapter/models/ip-adapter-plus_sd15.bin",),
+        "h94/IP-Adapter/models/ip-adapter-plus_sd15.bin",
+    ),
 }
 
 

@@ -39,7 +39,9 @@ class EngineSpec:
     weights: str  # fingerprint of the model's weight files (see weights_fingerprint)
     vae_id: str
     vae_weights: str
-    loras: tuple[tuple[str, float], ...]  # fused LoRAs (id, scale), in fusing order; none yet
+    # LoRAs in order: (id, fused weight), or (id, None) for a live one (the engine's lora_scales input); the
+    # IP-Adapter as ("ip_adapter:<model>", None) (its tokens and scale are inputs)
+    loras: tuple[tuple[str, float | None], ...]
     unet_rows: int  # the most rows per UNet call (batch profile 1..unet_rows, tuned for unet_rows)
     min_size: int
     opt_size: int
@@ -63,7 +65,12 @@ class EngineSpec:
 
 
 def engine_spec(
-    model: ModelConfig, stream: StreamConfig, unet_rows: int, dtype: torch.dtype, device: torch.device
+    model: ModelConfig,
+    stream: StreamConfig,
+    unet_rows: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    loras: tuple[tuple[str, float | None], ...] = (),
 ) -> EngineSpec:
     """The spec of the UNet engine for these settings. unet_rows comes from the pipeline's CFG layout."""
     check_profile(stream)
@@ -74,7 +81,7 @@ def engine_spec(
         weights=weights_fingerprint(model.id),
         vae_id=vae_id,
         vae_weights=weights_fingerprint(model.vae) if model.vae else "",
-        loras=(),
+        loras=loras,
         unet_rows=unet_rows,
         min_size=stream.trt_min_size,
         opt_size=stream.trt_opt_size,

@@ -13,7 +13,10 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -333,3 +336,109 @@ def gather_external_data(source: Path, target: Path) -> None:
         location=f"{target.name}.data",
         size_threshold=0,
     )
+
+
+# ---- styles: LoRA weights and the IP-Adapter as engine inputs (engine/pipeline/lora.py, ip_adapter.py) --------
+STYLE_INPUTS = ("lora_scales", "image_tokens", "ip_adapter_scale")
+
+
+class LiveNumber(Protocol):
+    """A live multiplier whose tensor the UNet's hooks read (engine/pipeline/live_scale.py's LiveScale)."""
+
+    value: torch.Tensor
+
+
+class _StyledUNetGraph(torch.nn.Module):
+    """The UNet with its live style numbers as graph inputs: lora_scales [k] (one weight per unfused LoRA), and
+    with an IP-Adapter image_tokens [B, T, D] and ip_adapter_scale [1]. The hooks read LiveNumber.value, so during
+    the trace each value is bound to its input: the engine then takes the weights at every call, as the eager
+    pipeline reads its device scalars, and a weight change is never a rebuild."""
+
+    def __init__(self, unet: torch.nn.Module, loras: Sequence[LiveNumber], ip_scale: LiveNumber | None) -> None:
+        super().__init__()
+        self.unet, self.loras, self.ip_scale = unet, list(loras), ip_scale
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *styles: torch.Tensor) -> Any:
+        numbers: list[tuple[LiveNumber, torch.Tensor]] = []
+        rest = list(styles)
+        if self.loras:
+            scales = rest.pop(0)
+            numbers += [(lora, scales[i]) for i, lora in enumerate(self.loras)]
+        hidden: Any = text
+        if self.ip_scale is not None:
+            tokens, scale = rest
+            numbers.append((self.ip_scale, scale[0]))
+            hidden = (text, [tokens])
+        kept = [number.value for number, _ in numbers]
+        try:
+            for number, value in numbers:
+                number.value = value
+            return self.unet(sample, timestep, encoder_hidden_states=hidden, return_dict=False)[0]
+        finally:
+            for (number, _), value in zip(numbers, kept, strict=True):
+                number.value = value
+
+
+@torch.no_grad()
+def export_styled_unet(
+    unet: torch.nn.Module,
+    path: Path,
+    rows: int,
+    latent_size: tuple[int, int],
+    loras: Sequence[LiveNumber],
+    ip_scale: LiveNumber | None = None,
+    image_tokens: int = 0,
+) -> tuple[Path, list[str]]:
+    """export_unet's graph plus the style inputs (their names returned in order): lora_scales [k] when there are
+    unfused LoRAs; image_tokens [B, T, D] (T = image_tokens) and ip_adapter_scale [1] with an IP-Adapter."""
+    weight = _parameter(unet)
+    channels, dim = int(unet.config.in_channels), int(unet.config.cross_attention_dim)
+    kind = {"dtype": weight.dtype, "device": weight.device}
+    example = [
+        torch.randn(rows, channels, *latent_size, **kind),
+        torch.full((rows,), 500, dtype=torch.int64, device=weight.device),
+        torch.randn(rows, TEXT_TOKENS, dim, **kind),
+    ]
+    names: list[str] = []
+    dynamic = {
+        "sample": {0: "batch", 2: "height", 3: "width"},
+        "timestep": {0: "batch"},
+        "encoder_hidden_states": {0: "batch"},
+        UNET_OUTPUT: {0: "batch", 2: "height", 3: "width"},
+    }
+    if loras:
+        example.append(torch.ones(len(loras), **kind))
+        names.append("lora_scales")
+    if ip_scale is not None:
+        example += [torch.randn(rows, image_tokens, dim, **kind), torch.ones(1, **kind)]
+        names += ["image_tokens", "ip_adapter_scale"]
+        dynamic["image_tokens"] = {0: "batch"}
+    graph = _StyledUNetGraph(unet, loras, ip_scale)
+    return _export(graph, tuple(example), path, [*UNET_INPUTS, *names], UNET_OUTPUT, dynamic), names
+
+
+@dataclass(frozen=True)
+class StyleInputs:
+    """What a styled UNet engine takes beyond the UNet's own inputs, and the fixed-address buffers it reads them
+    from (the pipeline writes them in place: a weight, a scale or an image change is never a rebuild)."""
+
+    loras: Sequence[LiveNumber] = ()  # every LoRA's number (a view of lora_weights); () when none runs unfused
+    lora_weights: torch.Tensor | None = None  # [k]
+    ip_scale: LiveNumber | None = None  # a view of ip_scale_buffer
+    ip_scale_buffer: torch.Tensor | None = None  # [1]
+    image_tokens: torch.Tensor | None = None  # [max_rows, T, D]: a call of B rows reads the first B
+
+    def buffers(self) -> dict[str, tuple[torch.Tensor, bool]]:
+        """input name → (its buffer, whether a call binds only its first rows), in STYLE_INPUTS order."""
+        found: dict[str, tuple[torch.Tensor, bool]] = {}
+        if self.loras and self.lora_weights is not None:
+            found["lora_scales"] = (self.lora_weights, False)
+        if self.ip_scale is not None and self.image_tokens is not None and self.ip_scale_buffer is not None:
+            found["image_tokens"] = (self.image_tokens, True)
+            found["ip_adapter_scale"] = (self.ip_scale_buffer, False)
+        return found
+
+    def export(self, unet: torch.nn.Module, path: Path, rows: int, latent_size: tuple[int, int]) -> Path:
+        tokens = int(self.image_tokens.shape[1]) if self.image_tokens is not None else 0
+        ip_scale = self.ip_scale if "image_tokens" in self.buffers() else None
+        return export_styled_unet(unet, path, rows, latent_size, self.loras, ip_scale, tokens)[0]

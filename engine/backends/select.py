@@ -25,6 +25,7 @@ from engine.backends.compiled import CompiledUNet, CompiledVae
 from engine.backends.cuda_graph import Body, CudaGraphStep, EagerStep, StepRunner
 from engine.backends.eager import CpuFallbackLog, MpsVae, prepare_modules
 from engine.backends.fallback import Fallback
+from engine.backends.onnx_export import StyleInputs
 from engine.backends.unet import EagerUNet, UNetBackend
 from engine.backends.vae import VaeBackend
 from engine.config.schema import ModelConfig, StreamConfig
@@ -52,10 +53,13 @@ def select_backends(
     device: torch.device,
     dtype: torch.dtype,
     extras: Any = None,
+    styles: StyleInputs | None = None,
+    style_key: tuple[tuple[str, float | None], ...] = (),
 ) -> Backends:
     """unet_rows: UNet rows per call with guidance on (n·f, (n+1)·f or 2·n·f, by cfg_type): the TensorRT
     engine's batch. vae: the eager codec of vae_module. extras: the TensorRT engine's added I/O (tensorrt.py's
-    EngineExtras: the feature bank), or None."""
+    EngineExtras: the feature bank), or None. styles, style_key: the LoRA and IP-Adapter inputs of a TensorRT engine
+    and what its cache key says of them (engine/pipeline/stream.py)."""
     name = stream.acceleration
     if name not in ACCELERATIONS:
         raise DreamwireError(f"stream.acceleration {name!r} is unknown (allowed: {', '.join(ACCELERATIONS)})")
@@ -67,7 +71,8 @@ def select_backends(
     try:
         if name == "compile":
             return Backends(CompiledUNet(unet, fallback), CompiledVae(vae, fallback), "compile")
-        return Backends(_tensorrt_unet(unet, model, stream, unet_rows, device, dtype, extras), eager.vae, "tensorrt")
+        trt_unet = _tensorrt_unet(unet, model, stream, unet_rows, device, dtype, extras, styles, style_key)
+        return Backends(trt_unet, eager.vae, "tensorrt")
     except Exception as error:  # a TensorRT build fails in many ways; the rule is the same for all of them
         fallback.failed(f"stream.acceleration {name!r}", error)
         return eager
@@ -87,6 +92,8 @@ def _tensorrt_unet(
     device: torch.device,
     dtype: torch.dtype,
     extras: Any = None,
+    styles: StyleInputs | None = None,
+    style_key: tuple[tuple[str, float | None], ...] = (),
 ) -> UNetBackend:
     try:  # lazily: tensorrt is an optional extra, and its import is slow
         from engine.backends.engine_cache import engine_spec
@@ -98,10 +105,10 @@ def _tensorrt_unet(
     import_tensorrt()  # the package first: without it no other fix helps (a one-line error naming the extra)
     if model is None:
         raise DreamwireError("the TensorRT engine key needs the model's config: load the models with load_models")
-    spec = engine_spec(model, stream, unet_rows, dtype, device)
+    spec = engine_spec(model, stream, unet_rows, dtype, device, loras=style_key)
     if extras is not None:  # what the added I/O changes in the engine is in its key
         spec = dataclasses.replace(spec, **extras.spec_fields)
-    return build_unet_backend(unet, spec, extras=extras)
+    return build_unet_backend(unet, spec, extras=extras, styles=styles)
 
 
 def make_step_runner(

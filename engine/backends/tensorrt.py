@@ -29,6 +29,7 @@ from engine.backends.onnx_export import (
     TEXT_TOKENS,
     UNET_INPUTS,
     UNET_OUTPUT,
+    StyleInputs,
     export_unet,
     unet_size_factor,
 )
@@ -72,10 +73,17 @@ class EngineExtras:
 
 
 def build_unet_backend(
-    unet: torch.nn.Module, spec: EngineSpec, *, cache_dir: Path | None = None, extras: EngineExtras | None = None
+    unet: torch.nn.Module,
+    spec: EngineSpec,
+    *,
+    cache_dir: Path | None = None,
+    extras: EngineExtras | None = None,
+    styles: StyleInputs | None = None,
 ) -> TensorRTUNet:
     """The UNet as a TensorRT engine: the cached one for spec's key, else exported, built and cached. extras: more
-    inputs and outputs (spec's key must name them, e.g. its feature_bank_frames)."""
+    inputs and outputs (spec's key must name them, e.g. its feature_bank_frames). styles: the LoRA weights and
+    IP-Adapter inputs, bound once to the pipeline's buffers (engine/backends/onnx_export.py)."""
+    styles = styles or StyleInputs()
     trt = import_tensorrt()
     path = engine_path(spec, cache_dir)
     key = spec.compute_hash()
@@ -89,10 +97,10 @@ def build_unet_backend(
             log.info("loading TensorRT engine %s (key %s)", path, key)
             serialized = path.read_bytes()
         else:
-            serialized = _build(trt, unet, spec, path, extras)
+            serialized = _build(trt, unet, spec, path, extras, styles)
             save_engine(spec, serialized, path.parent)
         factor, added = unet_size_factor(unet), added_input_widths(unet)
-        return TensorRTUNet(trt, serialized, path, key, device, factor, added, extras)
+        return TensorRTUNet(trt, serialized, path, key, device, factor, added, extras, styles.buffers())
     except DreamwireError:
         raise
     except Exception as error:  # TensorRT, ONNX and file errors come in many types: all stop the run, named
@@ -115,7 +123,14 @@ def _cuda_stream(device: torch.device) -> int:
 # ---- build -----------------------------------------------------------------------------------------
 
 
-def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path, extras: EngineExtras | None) -> bytes:
+def _build(
+    trt: ModuleType,
+    unet: torch.nn.Module,
+    spec: EngineSpec,
+    path: Path,
+    extras: EngineExtras | None,
+    styles: StyleInputs,
+) -> bytes:
     key = spec.compute_hash()
     log.info("building TensorRT engine for %s (key %s): this takes minutes, once per key", spec.model_id, key)
     started = time.monotonic()
@@ -123,15 +138,22 @@ def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path,
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=path.parent) as staging:
         side = spec.opt_size // LATENT_FACTOR
         graph = Path(staging) / "unet.onnx"
-        if extras is None:
-            onnx_path = export_unet(unet, graph, spec.unet_rows, (side, side))
-        elif added_input_widths(unet):  # the banked graph has no text_embeds / time_ids inputs
-            raise DreamwireError(
-                "the feature bank under stream.acceleration tensorrt is not built for SDXL yet: "
-                "use compile or none with an SDXL model, or feature_bank.enabled false"
+        if (extras is not None or styles.buffers()) and added_input_widths(unet):
+            raise DreamwireError(  # those graphs have no text_embeds / time_ids inputs
+                "the feature bank, LoRAs and the IP-Adapter under stream.acceleration tensorrt are not built for "
+                "SDXL yet: use compile or none with an SDXL model"
             )
-        else:
+        if extras is not None and styles.buffers():
+            raise DreamwireError(
+                "the feature bank together with LoRAs or the IP-Adapter under stream.acceleration tensorrt is not "
+                "built yet: use compile or none, or one of them"
+            )
+        if extras is not None:
             onnx_path = extras.export(graph, spec.unet_rows, (side, side))
+        elif styles.buffers():
+            onnx_path = styles.export(unet, graph, spec.unet_rows, (side, side))
+        else:
+            onnx_path = export_unet(unet, graph, spec.unet_rows, (side, side))
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -140,7 +162,7 @@ def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path,
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise DreamwireError(f"TensorRT engine {path} (key {key}): the ONNX parser refused the UNet: {errors}")
         config = builder.create_builder_config()
-        config.add_optimization_profile(_profile(builder, unet, spec, extras))
+        config.add_optimization_profile(_profile(builder, unet, spec, extras, styles))
         config.progress_monitor = _progress_monitor(trt)
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -149,7 +171,13 @@ def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path,
     return bytes(serialized)
 
 
-def _profile(builder: Any, unet: torch.nn.Module, spec: EngineSpec, extras: EngineExtras | None = None) -> Any:
+def _profile(
+    builder: Any,
+    unet: torch.nn.Module,
+    spec: EngineSpec,
+    extras: EngineExtras | None = None,
+    styles: StyleInputs | None = None,
+) -> Any:
     """Batch 1..rows (tuned for rows), sides min..max pixels (tuned for opt), in latent units."""
     channels, dim, rows = int(unet.config.in_channels), int(unet.config.cross_attention_dim), spec.unet_rows
     low, opt, high = (size // LATENT_FACTOR for size in (spec.min_size, spec.opt_size, spec.max_size))
@@ -163,6 +191,10 @@ def _profile(builder: Any, unet: torch.nn.Module, spec: EngineSpec, extras: Engi
         profile.set_shape(name, (1, width), (rows, width), (rows, width))
     for name, (small, tuned, large) in (extras.profile(low, opt, high) if extras is not None else {}).items():
         profile.set_shape(name, small, tuned, large)
+    for name, (buffer, per_row) in (styles.buffers() if styles is not None else {}).items():
+        row = tuple(buffer.shape[1:])  # the style inputs: fixed, or one row per UNet row
+        low_opt_high = ((1, *row), (rows, *row), (rows, *row)) if per_row else (tuple(buffer.shape),) * 3
+        profile.set_shape(name, *low_opt_high)
     return profile
 
 
@@ -217,10 +249,12 @@ class TensorRTUNet:
         size_factor: int,
         added_widths: dict[str, int] | None = None,
         extras: EngineExtras | None = None,
+        styles: dict[str, tuple[torch.Tensor, bool]] | None = None,
     ) -> None:
         self.path, self.key, self.device, self.size_factor = path, key, device, size_factor
         self.added_widths = added_widths or {}
         self.extras = extras or EngineExtras(export=_no_export, profile=lambda *_: {})
+        self.styles = styles or {}  # style input → (the pipeline's buffer, bound by rows): read at every call
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(serialized)
         if self.engine is None:
@@ -229,7 +263,8 @@ class TensorRTUNet:
                 "delete it with `dreamwire engines clear`"
             )
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        expected = [*UNET_INPUTS, *self.added_widths, *self.extras.inputs, UNET_OUTPUT, *self.extras.outputs]
+        inputs = [*UNET_INPUTS, *self.added_widths, *self.extras.inputs, *self.styles]
+        expected = [*inputs, UNET_OUTPUT, *self.extras.outputs]
         if names != set(expected):
             raise self._error(f"its I/O tensors are {sorted(names)}, expected {expected}")
         self.dtypes = {name: _TORCH_DTYPES[self.engine.get_tensor_dtype(name).name] for name in names}
@@ -282,7 +317,13 @@ class TensorRTUNet:
             name: torch.empty(dims, dtype=self.dtypes[name], device=self.device) for name, dims in shapes.items()
         }
         self._output = torch.empty(tuple(sample), dtype=self.dtypes[UNET_OUTPUT], device=self.device)
-        bound = (*self._inputs.items(), (UNET_OUTPUT, self._output), *self.extras.inputs.items())
+        styles = []  # the style inputs: the pipeline's own buffers (a call of B rows reads the first B rows)
+        for name, (buffer, per_row) in self.styles.items():
+            dims = (rows, *buffer.shape[1:]) if per_row else tuple(buffer.shape)
+            if not self.context.set_input_shape(name, dims):
+                raise self._error(f"input {name} {dims} is outside its optimisation profile")
+            styles.append((name, buffer))
+        bound = (*self._inputs.items(), (UNET_OUTPUT, self._output), *self.extras.inputs.items(), *styles)
         for name, buffer in (*bound, *self.extras.outputs.items()):
             if not self.context.set_tensor_address(name, buffer.data_ptr()):
                 raise self._error(f"set_tensor_address({name}) failed")

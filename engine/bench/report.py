@@ -9,6 +9,7 @@ from engine.bench.controlnet import format_controlnet
 from engine.bench.flicker import format_flicker
 from engine.bench.osc import format_osc
 from engine.bench.pipeline import Measurement, format_table
+from engine.bench.styles import format_styles
 from engine.bench.tempo import format_tempo
 
 
@@ -55,5 +56,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines += format_controlnet(report["controlnets"])
     if "flicker" in report:
         lines += format_flicker(report["flicker"])
+    if "styles" in report:
+        lines.append(format_styles(report["styles"]))
     lines.append(f"device: {report['device']}, torch threads: {report['threads']}")
     return "\n".join(lines)

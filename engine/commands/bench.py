@@ -22,7 +22,8 @@ PARTS = (
     "bridges",
     "osc",
     "tempo",
-)  # the default; `--only controlnets` adds ControlNets, `--only flicker` the flicker metric
+)  # the default; `--only controlnets` adds ControlNets, `--only flicker` the flicker metric, `--only styles`
+# LoRAs and the IP-Adapter
 
 
 def run_bench(preset: Preset, args: argparse.Namespace) -> dict[str, Any]:
@@ -59,6 +60,7 @@ def _parts(models: Models, preset: Preset, frames: int) -> dict[str, Callable[[]
     from engine.bench.live import loop_efficiency, prompt_change_frame_times
     from engine.bench.osc import osc_benchmarks
     from engine.bench.pipeline import ratios, run_measurements
+    from engine.bench.styles import style_costs
     from engine.bench.tempo import tempo_benchmarks
 
     def pipeline() -> dict[str, Any]:
@@ -78,4 +80,5 @@ def _parts(models: Models, preset: Preset, frames: int) -> dict[str, Callable[[]
         "tempo": lambda: {"tempo": tempo_benchmarks(models, preset, changes=max(4, frames), frames=max(8, 4 * frames))},
         "controlnets": lambda: {"controlnets": controlnet_costs(models, preset, frames)},
         "flicker": lambda: {"flicker": flicker_benchmarks(models, preset, frames=max(12, frames))},
+        "styles": lambda: {"styles": style_costs(models, preset, frames)},
     }

@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--only",
         action="append",
-        choices=["pipeline", "prompt-changes", "loop", "bridges", "osc", "tempo", "controlnets", "flicker"],
-        help="run only this part (repeatable; default: all but controlnets and flicker, one after another)",
+        choices=["pipeline", "prompt-changes", "loop", "bridges", "osc", "tempo", "controlnets", "flicker", "styles"],
+        help="run only this part (repeatable; default: all but controlnets, flicker and styles, one after another)",
     )
     bench.add_argument("--soak", type=int, metavar="FRAMES", help="also run FRAMES frames and report memory growth")
     bench.add_argument("--reference-python", help="python of a venv with the reference streamdiffusion 0.1.1")

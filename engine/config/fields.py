@@ -25,6 +25,8 @@ Apply = Literal[
     "tempo",
     "processor",
     "feature_bank",
+    "lora",
+    "ip_adapter",
 ]
 
 

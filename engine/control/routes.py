@@ -65,8 +65,9 @@ STREAMDIFFUSIONTD: tuple[Route, ...] = (
     ),
     Route("/fx/latent_feedback/feedback_strength", "processors.latent_pre.0.strength", arguments="f"),
     Route("/latent_feedback_strength", "processors.latent_pre.0.strength", arguments="f"),
+    Route("/ipadapter_scale", "ip_adapter.scale", arguments="f"),  # its IP Adapter Scale: one float, 0 to 1
 )
-STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets", "/ipadapter_scale")
+STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets",)
 
 
 @cache

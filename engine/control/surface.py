@@ -29,6 +29,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from engine.config import paths
@@ -174,6 +175,9 @@ class ControlSurface:
         for uri in uris:
             if str(uri).strip().lower().startswith("file:"):
                 raise DreamwireError(f"{path}: file: URIs are refused over the network ({uri!r})")
+        for name in _style_files(path, value):
+            if _local_file(name):
+                raise DreamwireError(f"{path}: a file path is refused over the network ({name!r}); name a hub id")
         if path == "stream.t_index_list" and value and not self.config.allow_rebuild_keys:  # []: the schema's
             steps = len(self.engine.requested.snapshot().stream.t_index_list)
             if len(value) != steps:
@@ -257,3 +261,26 @@ class ThrottledLog:
             self.logger.warning(message, *args)
         else:
             self._dropped += 1
+
+
+def _style_files(path: str, value: Any) -> list[str]:
+    """What a LoRA or IP-Adapter change names that could be a file (never taken from the network)."""
+    if path == "loras" and isinstance(value, list):  # entries as sent: dicts, not yet validated
+        return [str(entry.get("id")) for entry in value if isinstance(entry, dict)]
+    if (path.startswith("loras.") and path.endswith(".id")) or path in (
+        "ip_adapter.model",
+        "ip_adapter.image_encoder",
+        "ip_adapter.image",
+    ):
+        return [] if value is None else [str(value)]
+    return []
+
+
+def _local_file(name: str) -> bool:
+    """A local path (absolute, relative, home, a Windows drive, a file: URI, or anything that exists here)."""
+    text = name.strip()
+    if text.lower().startswith("file:") or text.startswith(("/", "./", "../", "~", "\\")) or "\\" in text:
+        return True
+    if len(text) > 1 and text[1] == ":":  # C:\… or C:/…
+        return True
+    return Path(text).expanduser().exists()

@@ -50,6 +50,8 @@ class Changes:
             "controlnet": self._set_controlnet,
             "processor": self._set_processor,
             "feature_bank": self._set_feature_bank,
+            "lora": self._set_lora,
+            "ip_adapter": self._set_ip_adapter,
             "rebuild": rebuilds.request,
         }
 
@@ -179,6 +181,27 @@ class Changes:
             self._rebuilds.request(control)
             return
         now.pipeline.set_feature_bank(config)
+        now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_lora(self, control: SetValue) -> None:
+        """loras.<i>.weight: written into the adapter's device scalar (at once or over the duration); a fused
+        LoRA's weight is baked into the UNet, so its change is a rebuild."""
+        now = self._now
+        index = int(paths.parts(control.path)[1])  # type: ignore[arg-type]  # loras.<i>.weight
+        if now.preset.loras[index].fuse:
+            if control.modulated:  # an LFO would rebuild every frame
+                raise DreamwireError(f"LFO on {control.path}: the LoRA is fused (fuse: true bakes its weight in)")
+            self._rebuilds.request(control)
+            return
+        now.move(control.path, float(control.value), control)
+        now.store(control)
+        now.events.applied(control, control.value)
+
+    def _set_ip_adapter(self, control: SetValue) -> None:
+        """ip_adapter.scale: written into its device scalar, at once or over the duration."""
+        now = self._now
+        now.move(control.path, float(control.value), control)
         now.store(control)
         now.events.applied(control, control.value)
 

@@ -42,6 +42,7 @@ from engine.live.control_queue import ControlQueue
 from engine.live.control_sources import ControlSources
 from engine.live.controls import RequestedValues, SetValue
 from engine.live.events import EngineEvent, EventHub, Listener, one_line
+from engine.live.image_prompt import ImagePromptSource
 from engine.live.in_effect import InEffect
 from engine.live.inputs import InputBatcher
 from engine.live.io_bridges import IoBridges
@@ -88,6 +89,7 @@ class LiveEngine:
         self.placeholder = Placeholder()  # until the source's first frame: a picture naming why there is none
         self.inputs = InputBatcher(self.io, self.metrics)
         self.control_sources = ControlSources(self._stream_size, instance)  # external ControlNets' sources
+        self.image_prompt = ImagePromptSource(self._stream_size, instance)  # the IP-Adapter's image from a source
         self.controls.add_waker(self.inputs.wake)
         self.install(self.now.models, self._build(self.now.models, self.now.preset))
         self.prompts = Prompts(self.now)
@@ -340,6 +342,7 @@ class LiveEngine:
         """One pipeline step on f input frames → the f frames leaving the pipeline (n − 1 steps later)."""
         image = None if self._txt2img else self.loader(np.stack([frame.image for frame in frames]))
         self.control_sources.load(self.pipeline)  # the external ControlNets' newest control images
+        self.image_prompt.load(self.pipeline)  # the IP-Adapter's newest image tokens
         output = self.pipeline.step(image)
         skipped = self.pipeline.skipped
         host = self.to_host(output)  # (f, H, W, 3): the one host sync of a frame
@@ -376,6 +379,8 @@ class LiveEngine:
             controlnets=preset.controlnets,
             processors=preset.processors,
             feature_bank=preset.feature_bank,
+            loras=preset.loras,
+            ip_adapter=preset.ip_adapter,
         )
 
     def install(self, models: Models, pipeline: StreamPipeline) -> None:
@@ -401,6 +406,7 @@ class LiveEngine:
         else:
             self.io.swap_sinks(list(sinks), [sink.name for sink in sinks])
         self.control_sources.start(self.pipeline)
+        self.image_prompt.start(self.pipeline)
 
     def _stream_size(self) -> tuple[int, int]:
         """(height, width) of the stream, read by the source thread for every frame (a rebuild may change it)."""
@@ -414,6 +420,7 @@ class LiveEngine:
             self.events.superseded(control, "the engine stopped before its beat")
         self.io.close()
         self.control_sources.close()
+        self.image_prompt.close()
         self.prompts.close(ENCODER_STOP_TIMEOUT)
         self.rebuilds.close()
         self.metrics.close()

@@ -36,7 +36,7 @@ from engine.live.prompts import Prompts
 from engine.live.targets import PromptSource, encode_prompt, set_noise_cut
 from engine.live.threads import limit_torch_threads
 from engine.pipeline.models import Models, load_models
-from engine.pipeline.stream import StreamPipeline
+from engine.pipeline.stream import StreamPipeline, styles_fit
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ def build_pipeline(
         controlnets=target.controlnets,
         processors=target.processors,
         feature_bank=target.feature_bank,
+        loras=target.loras,
+        ip_adapter=target.ip_adapter,
     )
     return models, pipeline
 
@@ -139,7 +141,8 @@ class Rebuilds:
         requests[control.path] = control
         if running is not None:
             running.future.cancel()  # not started yet: never runs; already building: its result is dropped
-        same_models = target.model == now.preset.model
+        # Other LoRAs or another IP-Adapter change the UNet the running pipeline uses: those load the model afresh.
+        same_models = target.model == now.preset.model and styles_fit(now.models, target)
         embeddings = (now.effective("cond"), now.effective("uncond")) if same_models else None
         prompts = dict(now.prompts)
         models = now.models if same_models else None  # None: the rebuild thread loads the new ones
@@ -197,6 +200,7 @@ class Rebuilds:
         preset.controlnets = rebuild.target.controlnets
         preset.processors = rebuild.target.processors
         preset.feature_bank = rebuild.target.feature_bank  # under TensorRT its ring size is a rebuild
+        preset.loras, preset.ip_adapter = rebuild.target.loras, rebuild.target.ip_adapter
         if models is not now.models:
             self._prompts.switch_model(models, rebuild.prompts)
         self._install(models, pipeline)

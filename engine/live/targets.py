@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.config.processors import numeric_params
-from engine.config.schema import MAX_CONTROLNETS
+from engine.config.schema import MAX_CONTROLNETS, MAX_LORAS
 from engine.live.blending import blend_embeddings, blend_noise, slerp
 from engine.live.controls import BlendPrompts, BlendSeeds, SetValue
 from engine.live.transitions import Interp, Value, lerp
@@ -74,8 +74,21 @@ def _processor_param(stage: str, index: int, name: str) -> Morph:
     )
 
 
+def _lora_weight(index: int) -> Morph:
+    """LoRA `index`'s weight (engine/pipeline/lora.py): its device scalar, written in place."""
+    return Morph(
+        lambda p: p.loras.configs[index].weight if p.loras is not None else 0.0,
+        lambda p, v: p.set_lora_weight(index, float(v)),
+        lerp,
+    )
+
+
 # Every processor number moves like guidance, named by its registry path (processors.image_pre.0.zoom).
 MORPHS.update({f"processors.{s}.{i}.{n}": _processor_param(s, i, n) for s, i, n in numeric_params()})
+
+# A LoRA's weight and the IP-Adapter's scale move like guidance too (engine/pipeline/live_scale.py).
+MORPHS.update({f"loras.{index}.weight": _lora_weight(index) for index in range(MAX_LORAS)})
+MORPHS["ip_adapter.scale"] = Morph(lambda p: p.ip_adapter_scale(), lambda p, v: p.set_ip_adapter_scale(float(v)), lerp)
 
 PromptSource = SetValue | BlendPrompts  # prompt.text / prompt.negative, or prompt.blend
 NoiseSource = SetValue | BlendSeeds  # prompt.seed, or seed.blend

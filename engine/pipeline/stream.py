@@ -16,6 +16,7 @@ graph stays valid; only a change of CFG strategy (guidance crossing 1) invalidat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,16 +24,36 @@ from dataclasses import fields
 
 import torch
 
+from engine.backends.onnx_export import StyleInputs
 from engine.backends.select import make_step_runner, select_backends
 from engine.config.feature_bank import FeatureBankConfig
 from engine.config.processors import ProcessorsConfig
-from engine.config.schema import ControlNetConfig, FilterConfig, PromptConfig, StreamConfig, check_t_index_list
+from engine.config.schema import (
+    ControlNetConfig,
+    FilterConfig,
+    IpAdapterConfig,
+    LoraConfig,
+    Preset,
+    PromptConfig,
+    StreamConfig,
+    check_t_index_list,
+)
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy, GuidanceScalars, guided_unet_rows, select_cfg
 from engine.pipeline.codec import KLCodec, make_codec
 from engine.pipeline.controlnet import ControlledUNet, ControlNets, check_stream, load_controlnets
 from engine.pipeline.feature_bank import BankedUNet, FeatureBank
 from engine.pipeline.image import FrameLoader, HostFrames
+from engine.pipeline.ip_adapter import (
+    ImagePromptUNet,
+    IpAdapter,
+    attach_ip_adapter,
+    image_tokens_buffer,
+    ip_adapter_fits,
+    is_source_uri,
+    read_image_file,
+)
+from engine.pipeline.lora import Loras, attach_loras, loras_fit
 from engine.pipeline.models import Models
 from engine.pipeline.schedule import SlotTables, build_slot_tables, slot_rows
 from engine.pipeline.sdxl import AddedConditioning, pooled_dim
@@ -50,6 +71,8 @@ class StreamPipeline:
         controlnets: Sequence[ControlNetConfig] = (),
         processors: ProcessorsConfig | None = None,
         feature_bank: FeatureBankConfig | None = None,
+        loras: Sequence[LoraConfig] = (),
+        ip_adapter: IpAdapterConfig | None = None,
     ) -> None:
         self.models = models
         self.config = stream.model_copy(deep=True)  # its own copy: later preset edits don't reach it
@@ -75,6 +98,10 @@ class StreamPipeline:
                 "stream.cuda_graph needs a deterministic VAE encoder (TAESD, e.g. model.vae=madebyollin/taesd): "
                 "AutoencoderKL samples its latent with a CPU generator, which a CUDA graph cannot replay"
             )
+        # LoRAs and the IP-Adapter (engine/pipeline/lora.py, ip_adapter.py): on the UNet, before any backend
+        # traces or compiles it.
+        self.loras = attach_loras(models, loras)
+        self.ip_adapter = attach_ip_adapter(models, ip_adapter or IpAdapterConfig())
         # How a step's model part runs (one CUDA graph replay, or call by call), chosen once.
         self._run = make_step_runner(stream, self._model_step, self._state_kept, self.device)
         # The feature bank (engine/pipeline/feature_bank.py): its rings hold the n·f latent rows' past features;
@@ -86,18 +113,31 @@ class StreamPipeline:
         )
         self.feature_bank.configure(bank_config)
         tensorrt_bank = self.feature_bank.active and stream.acceleration == "tensorrt"
+        max_rows = guided_unet_rows(stream.cfg_type, self.unet_rows, self.frames)
+        tokens = image_tokens_buffer(self.ip_adapter, max_rows) if self.ip_adapter is not None else None
+        styles, style_key = style_inputs(self.loras, self.ip_adapter, tokens)
         backends = select_backends(
             stream,
             models.config,
             models.unet,
             models.vae,
             codec,
-            guided_unet_rows(stream.cfg_type, self.unet_rows, self.frames),
+            max_rows,
             self.device,
             self.dtype,
             self.feature_bank.engine_extras() if tensorrt_bank else None,
+            styles,
+            style_key,
         )
         self.unet, self.codec, self.acceleration = backends.unet, backends.vae, backends.name
+        # The IP-Adapter's image tokens join the text embeddings in every UNet call (a fixed-address buffer; a
+        # TensorRT engine is bound to it and reads it itself).
+        self.image_prompt: ImagePromptUNet | None = None
+        if self.ip_adapter is not None and tokens is not None:
+            self.unet = self.image_prompt = ImagePromptUNet(self.unet, tokens, joined=self.acceleration != "tensorrt")
+            image = self.ip_adapter.config.image
+            if image is not None and not is_source_uri(image):  # a file: embedded now; a source: by the engine
+                self.set_image_tokens(self.ip_adapter.embed(read_image_file(image.removeprefix("file:"))))
         self.unet = self._banked = BankedUNet(self.unet, self.feature_bank)
         # ControlNets (engine/pipeline/controlnet.py): the UNet backend with their residuals added, and step 2a.
         self.controlnets = self._build_controlnets(stream, list(controlnets))
@@ -179,9 +219,11 @@ class StreamPipeline:
         controlnets: Sequence[ControlNetConfig] = (),
         processors: ProcessorsConfig | None = None,
         feature_bank: FeatureBankConfig | None = None,
+        loras: Sequence[LoraConfig] = (),
+        ip_adapter: IpAdapterConfig | None = None,
     ) -> StreamPipeline:
         """A pipeline for these settings, prepared and ready for step() (embeddings: see prepare())."""
-        pipeline = cls(models, stream, controlnets, processors, feature_bank)
+        pipeline = cls(models, stream, controlnets, processors, feature_bank, loras, ip_adapter)
         pipeline.prepare(prompt, filter_config, embeddings)
         pipeline.warm_up()
         return pipeline
@@ -345,6 +387,27 @@ class StreamPipeline:
             raise DreamwireError(f"controlnets.{index}: this pipeline has no such ControlNet")
         self.set_controlnet(index, self.controlnets.units[index].config.model_copy(update={"scale": scale}))
 
+    def set_lora_weight(self, index: int, weight: float) -> None:
+        """Live: LoRA `index`'s weight, written into its device scalar (no recompile, no re-capture)."""
+        if self.loras is None:
+            raise DreamwireError(f"loras.{index}: this pipeline has no LoRAs")
+        self.loras.set_weight(index, weight)
+
+    def ip_adapter_scale(self) -> float:
+        return self.ip_adapter.config.scale if self.ip_adapter is not None else 0.0
+
+    def set_ip_adapter_scale(self, scale: float) -> None:
+        """Live: the IP-Adapter's scale, written into its device scalar (no recompile, no re-capture). Without an
+        adapter there is nothing to scale: the preset keeps the value for when one is loaded."""
+        if self.ip_adapter is not None:
+            self.ip_adapter.set_scale(scale)
+
+    def set_image_tokens(self, tokens: torch.Tensor) -> None:
+        """New IP-Adapter image tokens [1, T, D] (IpAdapter.embed of a new image), swapped in between two steps."""
+        if self.image_prompt is None:
+            raise DreamwireError("ip_adapter.image: this pipeline has no IP-Adapter (set ip_adapter.model)")
+        self.image_prompt.set_tokens(tokens)
+
     def set_control_frame(self, index: int, image: torch.Tensor) -> None:
         """The newest frame of ControlNet `index`'s external source [f, 3, H, W] in [−1, 1], before a step."""
         self.controlnets.set_external(index, image)  # type: ignore[union-attr]
@@ -490,6 +553,29 @@ class StreamPipeline:
         # Δ_i = c_out·(b_i·s_i − b_i·ε̂_i)/a_i + c_skip·b_i·s_i;  s_i ← z_{i+1} + Δ_i·a_{i+1}/b_{i+1}
         delta = lcm_step(tables.beta * stock, eps, tables)
         stock.copy_(noise_next + tables.alpha_next * delta / tables.beta_next)
+
+
+def style_inputs(
+    loras: Loras | None, adapter: IpAdapter | None, tokens: torch.Tensor | None
+) -> tuple[StyleInputs, tuple[tuple[str, float | None], ...]]:
+    """The LoRA and IP-Adapter inputs of a TensorRT engine (the pipeline's buffers) and their part of its key:
+    each LoRA (id, fused weight, or None when live), the IP-Adapter ("ip_adapter:<model>", None)."""
+    key: list[tuple[str, float | None]] = []
+    styles = StyleInputs()
+    if loras is not None:
+        key += [(c.id, c.weight if c.fuse else None) for c in loras.configs]
+        styles = StyleInputs(loras.scales if loras.live else (), loras.weights)
+    if adapter is not None:
+        key.append((f"ip_adapter:{adapter.config.model}", None))
+        styles = dataclasses.replace(
+            styles, ip_scale=adapter.scale, ip_scale_buffer=adapter.scale_buffer, image_tokens=tokens
+        )
+    return styles, tuple(key)
+
+
+def styles_fit(models: Models, preset: Preset) -> bool:
+    """Whether `models` already carries the preset's LoRAs and IP-Adapter (else a rebuild loads the model afresh)."""
+    return loras_fit(models, preset.loras) and ip_adapter_fits(models, preset.ip_adapter)
 
 
 def lcm_step(x: torch.Tensor, eps: torch.Tensor, tables: SlotTables) -> torch.Tensor:
