@@ -213,8 +213,6 @@ def test_a_controlnet_loads_from_a_local_diffusers_folder(models, tmp_path: Path
         load_controlnet(str(tmp_path / "missing"), models.unet, "tiny", torch.device("cpu"), torch.float32)
 
 
-def test_txt2img_needs_an_external_control_image_and_tensorrt_is_refused(models):
+def test_txt2img_needs_an_external_control_image(models):
     with pytest.raises(DreamwireError, match="has no input frame to make a control image"):
         pipeline(models, [{"scale": 1.0}], mode="txt2img")
-    with pytest.raises(DreamwireError, match="tensorrt are not supported yet"):
-        pipeline(models, [{"scale": 1.0}], acceleration="tensorrt")

@@ -12,8 +12,9 @@ A requested backend that fails stops the run with a DreamwireError naming what f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from engine.backends.compiled import CompiledUNet, CompiledVae
 from engine.backends.cuda_graph import Body, CudaGraphStep, EagerStep, StepRunner
 from engine.backends.eager import CpuFallbackLog, MpsVae, prepare_modules
 from engine.backends.fallback import Fallback
-from engine.backends.unet import EagerUNet, UNetBackend
+from engine.backends.unet import ControlNetBackend, EagerControlNet, EagerUNet, UNetBackend
 from engine.backends.vae import VaeBackend
 from engine.config.schema import ModelConfig, StreamConfig
 from engine.core.errors import DreamwireError
@@ -39,6 +40,7 @@ class Backends:
     unet: UNetBackend
     vae: VaeBackend
     name: str  # the acceleration that actually runs ("none" after an allowed fallback)
+    controlnets: tuple[ControlNetBackend, ...] = ()  # one per ControlNet of select_backends(controlnets=...)
 
 
 def select_backends(
@@ -50,43 +52,55 @@ def select_backends(
     unet_rows: int,
     device: torch.device,
     dtype: torch.dtype,
+    controlnets: Sequence[tuple[str, torch.nn.Module]] = (),
 ) -> Backends:
     """unet_rows: UNet rows per call with guidance on (n·f, (n+1)·f or 2·n·f, by cfg_type): the TensorRT
-    engine's batch. vae: the eager codec of vae_module."""
+    engine's batch. vae: the eager codec of vae_module. controlnets: (model id, net) of the stream's ControlNets
+    (engine/pipeline/controlnet.py): under tensorrt the UNet engine takes their residuals and each gets an engine."""
     name = stream.acceleration
     if name not in ACCELERATIONS:
         raise DreamwireError(f"stream.acceleration {name!r} is unknown (allowed: {', '.join(ACCELERATIONS)})")
     fallback = Fallback(stream.acceleration_fallback == "none")
     prepare_modules(unet, vae_module, device)
-    eager = _eager(unet, vae, device)
+    eager = _eager(unet, vae, device, controlnets)
     if name == "none":
         return eager
     try:
         if name == "compile":
-            return Backends(CompiledUNet(unet, fallback), CompiledVae(vae, fallback), "compile")
-        return Backends(_tensorrt_unet(unet, model, stream, unet_rows, device, dtype), eager.vae, "tensorrt")
+            compiled = CompiledUNet(unet, fallback), CompiledVae(vae, fallback)
+            return Backends(*compiled, "compile", eager.controlnets)
+        return _tensorrt(unet, model, stream, unet_rows, device, dtype, eager.vae, controlnets)
     except Exception as error:  # a TensorRT build fails in many ways; the rule is the same for all of them
         fallback.failed(f"stream.acceleration {name!r}", error)
         return eager
 
 
-def _eager(unet: torch.nn.Module, vae: VaeBackend, device: torch.device) -> Backends:
+def _eager(
+    unet: torch.nn.Module, vae: VaeBackend, device: torch.device, controlnets: Sequence[tuple[str, torch.nn.Module]]
+) -> Backends:
+    nets = tuple(EagerControlNet(net) for _, net in controlnets)
     if device.type == "mps":
-        return Backends(CpuFallbackLog(EagerUNet(unet)), MpsVae(vae), "none")
-    return Backends(EagerUNet(unet), vae, "none")
+        return Backends(CpuFallbackLog(EagerUNet(unet)), MpsVae(vae), "none", nets)
+    return Backends(EagerUNet(unet), vae, "none", nets)
 
 
-def _tensorrt_unet(
+def _tensorrt(
     unet: torch.nn.Module,
     model: ModelConfig | None,
     stream: StreamConfig,
     unet_rows: int,
     device: torch.device,
     dtype: torch.dtype,
-) -> UNetBackend:
+    vae: VaeBackend,
+    controlnets: Sequence[tuple[str, torch.nn.Module]],
+) -> Backends:
+    """The UNet engine (with the ControlNets' residual inputs when there are any) and one engine per ControlNet,
+    all with the same resolution profile; the VAE runs eager."""
     try:  # lazily: tensorrt is an optional extra, and its import is slow
-        from engine.backends.engine_cache import engine_spec
+        from engine.backends.engine_cache import controlnet_spec, engine_spec
+        from engine.backends.onnx_export import residual_names
         from engine.backends.tensorrt import build_unet_backend, import_tensorrt
+        from engine.backends.tensorrt_controlnet import build_controlled_unet_backend, build_controlnet_backend
     except ImportError as error:
         raise DreamwireError(
             f"the TensorRT backend is not installed ({error}): {TENSORRT_EXTRA}, matched to torch's CUDA version"
@@ -94,7 +108,13 @@ def _tensorrt_unet(
     import_tensorrt()  # the package first: without it no other fix helps (a one-line error naming the extra)
     if model is None:
         raise DreamwireError("the TensorRT engine key needs the model's config: load the models with load_models")
-    return build_unet_backend(unet, engine_spec(model, stream, unet_rows, dtype, device))
+    spec = engine_spec(model, stream, unet_rows, dtype, device)
+    if not controlnets:
+        return Backends(build_unet_backend(unet, spec), vae, "tensorrt")
+    first = controlnets[0][1]  # every net fits the base (checked at load): one residual layout
+    spec = dataclasses.replace(spec, residual_inputs=len(residual_names(first)))
+    nets = tuple(build_controlnet_backend(net, unet, controlnet_spec(spec, net_id)) for net_id, net in controlnets)
+    return Backends(build_controlled_unet_backend(unet, first, spec), vae, "tensorrt", nets)
 
 
 def make_step_runner(

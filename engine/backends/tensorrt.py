@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,10 +25,12 @@ import torch
 
 from engine.backends.engine_cache import EngineSpec, engine_path, save_engine
 from engine.backends.onnx_export import TEXT_TOKENS, UNET_INPUTS, UNET_OUTPUT, export_unet, unet_size_factor
+from engine.backends.unet import Residuals
 from engine.core.errors import DreamwireError
 
 log = logging.getLogger(__name__)
 
+_WHAT = {"unet": "UNet", "controlnet": "ControlNet"}  # EngineSpec.kind, in messages
 LATENT_FACTOR = 8  # pixels per latent pixel, per side, for every Stable Diffusion VAE (KL and TAESD)
 
 
@@ -47,23 +50,53 @@ def import_tensorrt() -> ModuleType:
 
 
 def build_unet_backend(unet: torch.nn.Module, spec: EngineSpec, *, cache_dir: Path | None = None) -> TensorRTUNet:
-    """The UNet as a TensorRT engine: the cached one for spec's key, else exported, built and cached."""
+    """The UNet as a TensorRT engine: the cached one for spec's key, else exported, built and cached (with
+    ControlNets: tensorrt_controlnet.build_controlled_unet_backend)."""
     trt = import_tensorrt()
+    serialized, path, key, device = load_or_build(trt, unet, spec, cache_dir)
+    return wrap_engine(TensorRTUNet, trt, serialized, path, key, device, unet_size_factor(unet))
+
+
+def wrap_engine(kind: type[TensorRTUNet], trt: ModuleType, serialized: bytes, path: Path, key: str, *args: Any) -> Any:
+    """The runtime `kind` on a serialized engine; its failures name the engine file and key."""
+    try:
+        return kind(trt, serialized, path, key, *args)
+    except DreamwireError:
+        raise
+    except Exception as error:  # TensorRT errors come in many types: all stop the run, named
+        raise DreamwireError(f"TensorRT engine {path} (key {key}): {type(error).__name__}: {error}") from error
+
+
+# export(staging folder) → the ONNX file; profile(builder) → the optimisation profile. None: the plain UNet's.
+Export = Callable[[Path], Path]
+ProfileMaker = Callable[[Any], Any]
+
+
+def load_or_build(
+    trt: ModuleType,
+    module: torch.nn.Module,
+    spec: EngineSpec,
+    cache_dir: Path | None,
+    export: Export | None = None,
+    profile: ProfileMaker | None = None,
+) -> tuple[bytes, Path, str, torch.device]:
+    """The serialized engine for spec's key (read from the cache, else built and cached), its path, key and device."""
     path = engine_path(spec, cache_dir)
     key = spec.compute_hash()
-    weight = next(unet.parameters())
+    weight = next(module.parameters())
     device = weight.device
     _require_cuda(device, path, key)
     if str(weight.dtype).removeprefix("torch.") != spec.dtype:
-        raise DreamwireError(f"TensorRT engine {path} (key {key}): the UNet is {weight.dtype}, the spec {spec.dtype}")
+        raise DreamwireError(
+            f"TensorRT engine {path} (key {key}): the {_WHAT[spec.kind]} is {weight.dtype}, the spec {spec.dtype}"
+        )
     try:
         if path.is_file():
             log.info("loading TensorRT engine %s (key %s)", path, key)
-            serialized = path.read_bytes()
-        else:
-            serialized = _build(trt, unet, spec, path)
-            save_engine(spec, serialized, path.parent)
-        return TensorRTUNet(trt, serialized, path, key, device, unet_size_factor(unet))
+            return path.read_bytes(), path, key, device
+        serialized = _build(trt, module, spec, path, export, profile)
+        save_engine(spec, serialized, path.parent)
+        return serialized, path, key, device
     except DreamwireError:
         raise
     except Exception as error:  # TensorRT, ONNX and file errors come in many types: all stop the run, named
@@ -86,23 +119,35 @@ def _cuda_stream(device: torch.device) -> int:
 # ---- build -----------------------------------------------------------------------------------------
 
 
-def _build(trt: ModuleType, unet: torch.nn.Module, spec: EngineSpec, path: Path) -> bytes:
+def _build(
+    trt: ModuleType,
+    unet: torch.nn.Module,
+    spec: EngineSpec,
+    path: Path,
+    export: Export | None = None,
+    profile: ProfileMaker | None = None,
+) -> bytes:
     key = spec.compute_hash()
     log.info("building TensorRT engine for %s (key %s): this takes minutes, once per key", spec.model_id, key)
     started = time.monotonic()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=path.parent) as staging:
         side = spec.opt_size // LATENT_FACTOR
-        onnx_path = export_unet(unet, Path(staging) / "unet.onnx", spec.unet_rows, (side, side))
+        if export is None:
+            onnx_path = export_unet(unet, Path(staging) / "unet.onnx", spec.unet_rows, (side, side))
+        else:
+            onnx_path = export(Path(staging))
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise DreamwireError(f"TensorRT engine {path} (key {key}): the ONNX parser refused the UNet: {errors}")
+            raise DreamwireError(
+                f"TensorRT engine {path} (key {key}): the ONNX parser refused the {_WHAT[spec.kind]}: {errors}"
+            )
         config = builder.create_builder_config()
-        config.add_optimization_profile(_profile(builder, unet, spec))
+        config.add_optimization_profile(_profile(builder, unet, spec) if profile is None else profile(builder))
         config.progress_monitor = _progress_monitor(trt)
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -156,12 +201,23 @@ _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bf
 
 
 class TensorRTUNet:
-    """ε = unet(x, t, embeddings) on a TensorRT engine. x: [B, C, h, w], t: [B] int64, embeddings: [B, 77, D]."""
+    """ε = unet(x, t, embeddings[, residuals]) on a TensorRT engine. x: [B, C, h, w], t: [B] int64, embeddings:
+    [B, 77, D]; residuals (an engine with ControlNet residual inputs): copied into their input buffers, zeros when
+    None."""
 
     def __init__(
-        self, trt: ModuleType, serialized: bytes, path: Path, key: str, device: torch.device, size_factor: int
+        self,
+        trt: ModuleType,
+        serialized: bytes,
+        path: Path,
+        key: str,
+        device: torch.device,
+        size_factor: int,
+        residuals: Sequence[tuple[str, int, int]] = (),
     ) -> None:
+        """residuals: the ControlNet residual inputs (name, channels, factor: [B, channels, h/factor, w/factor])."""
         self.path, self.key, self.device, self.size_factor = path, key, device, size_factor
+        self.residual_layout = list(residuals)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(serialized)
         if self.engine is None:
@@ -170,18 +226,26 @@ class TensorRTUNet:
                 "delete it with `dreamwire engines clear`"
             )
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        if names != {*UNET_INPUTS, UNET_OUTPUT}:
-            raise self._error(f"its I/O tensors are {sorted(names)}, expected {[*UNET_INPUTS, UNET_OUTPUT]}")
+        expected = self._io_names()
+        if names != set(expected):
+            raise self._error(f"its I/O tensors are {sorted(names)}, expected {expected}")
         self.dtypes = {name: _TORCH_DTYPES[self.engine.get_tensor_dtype(name).name] for name in names}
         self.context = self.engine.create_execution_context()
         self._shape: tuple[torch.Size, torch.Size] | None = None
         self._inputs: dict[str, torch.Tensor] = {}
         self._output = torch.empty(0)
+        self._residuals: list[torch.Tensor] = []  # the residual inputs' buffers, in residual_layout's order
+        self._residuals_zero = True  # they hold zeros (no ControlNet acts): nothing to write until one does
+
+    def _io_names(self) -> list[str]:
+        return [*UNET_INPUTS, *(name for name, _, _ in self.residual_layout), UNET_OUTPUT]
 
     def _error(self, what: str) -> DreamwireError:
         return DreamwireError(f"TensorRT engine {self.path} (key {self.key}): {what}")
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, residuals: Residuals | None = None
+    ) -> torch.Tensor:
         shape = (x.shape, embeddings.shape)
         if shape != self._shape:
             self._allocate(x.shape, embeddings.shape)
@@ -189,6 +253,14 @@ class TensorRTUNet:
         self._inputs["sample"].copy_(x)
         self._inputs["timestep"].copy_(t)
         self._inputs["encoder_hidden_states"].copy_(embeddings)
+        if residuals is not None:
+            for buffer, residual in zip(self._residuals, (*residuals[0], residuals[1]), strict=True):
+                buffer.copy_(residual)
+            self._residuals_zero = False
+        elif not self._residuals_zero:
+            for buffer in self._residuals:
+                buffer.zero_()
+            self._residuals_zero = True
         if not self.context.execute_async_v3(_cuda_stream(self.device)):
             raise self._error(f"execute_async_v3 failed for sample {tuple(x.shape)}")
         return self._output  # reused by the next call: consume it first
@@ -200,6 +272,8 @@ class TensorRTUNet:
             step = self.size_factor * LATENT_FACTOR
             raise self._error(f"size {width * LATENT_FACTOR}x{height * LATENT_FACTOR} is not a multiple of {step}")
         shapes = {"sample": tuple(sample), "timestep": (rows,), "encoder_hidden_states": tuple(embeddings)}
+        for name, channels, factor in self.residual_layout:
+            shapes[name] = (rows, channels, height // factor, width // factor)
         for name, dims in shapes.items():
             if not self.context.set_input_shape(name, dims):
                 raise self._error(
@@ -208,8 +282,10 @@ class TensorRTUNet:
                     f"stream.trt_min_size/trt_max_size"
                 )
         self._inputs = {
-            name: torch.empty(dims, dtype=self.dtypes[name], device=self.device) for name, dims in shapes.items()
+            name: torch.zeros(dims, dtype=self.dtypes[name], device=self.device) for name, dims in shapes.items()
         }
+        self._residuals = [self._inputs[name] for name, _, _ in self.residual_layout]
+        self._residuals_zero = True
         self._output = torch.empty(tuple(sample), dtype=self.dtypes[UNET_OUTPUT], device=self.device)
         for name, buffer in (*self._inputs.items(), (UNET_OUTPUT, self._output)):
             if not self.context.set_tensor_address(name, buffer.data_ptr()):

@@ -3,9 +3,10 @@
 Per step (StreamPipeline._model_step, step 2a): each active ControlNet's control image is made from the input frame
 [f, 3, H, W] (the same frame, through the same fit, as the UNet's input; or the newest frame of its external
 source) by its preprocessor, and repeated for every UNet row (all slots, and the CFG rows). Per UNet call
-(ControlledUNet): each active ControlNet runs once on the UNet's rows; its residuals are multiplied by a per-row
-scale [rows, 1, 1, 1], summed over the nets, and passed to the UNet as down_block_additional_residuals /
-mid_block_additional_residual.
+(ControlledUNet): each active ControlNet runs once on the UNet's rows (its backend: eager, or a TensorRT engine with
+the scale as an input); its residuals are multiplied by a per-row scale [rows, 1, 1, 1], summed over the nets, and
+passed to the UNet as down_block_additional_residuals / mid_block_additional_residual (a TensorRT UNet engine takes
+them as named inputs: engine/backends/tensorrt_controlnet.py).
 
 The per-row scale is scale·enabled on the rows of the slots that start/end select, 0 elsewhere: slot i of n acts
 when start ≤ i/n and (i+1)/n ≤ end (as diffusers' control_guidance_start/end over a schedule of n steps). It lives
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from engine.backends.unet import Residuals, UNetBackend
+from engine.backends.unet import ControlNetBackend, Residuals, UNetBackend
 from engine.config.schema import ControlNetConfig, StreamConfig
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy
@@ -43,8 +44,6 @@ def check_stream(stream: StreamConfig, configs: Sequence[ControlNetConfig]) -> N
     """What the stream settings cannot do with ControlNets, refused before anything is built."""
     if not configs:
         return
-    if stream.acceleration == "tensorrt":
-        raise DreamwireError("controlnets with stream.acceleration tensorrt are not supported yet: use none or compile")
     if stream.mode != "img2img" and any(c.preprocessor != "external" for c in configs):
         raise DreamwireError(
             f"stream.mode {stream.mode!r} has no input frame to make a control image from: use img2img, or "
@@ -110,12 +109,13 @@ def load_controlnet(
 
 
 class ControlUnit:
-    """One ControlNet of the stream: its net, preprocessor and buffers (allocated once, fixed addresses)."""
+    """One ControlNet of the stream: its backend (eager, or a TensorRT engine), preprocessor and buffers (allocated
+    once, fixed addresses)."""
 
     def __init__(
-        self, config: ControlNetConfig, net: torch.nn.Module, preprocess: Preprocessor, buffers: _Shapes
+        self, config: ControlNetConfig, run: ControlNetBackend, preprocess: Preprocessor, buffers: _Shapes
     ) -> None:
-        self.config, self.net, self.preprocess = config, net, preprocess
+        self.config, self.run, self.preprocess = config, run, preprocess
         self.image = buffers.zeros(buffers.max_rows, 3, buffers.height, buffers.width)  # the control image, per row
         self.row_scale = buffers.zeros(buffers.calls, buffers.max_rows, 1, 1, 1)  # scale per UNet call and row
         self.acts = False  # some row has a scale above 0 (kept on the host: reading row_scale would sync)
@@ -156,7 +156,7 @@ class ControlNets:
     def __init__(
         self,
         configs: Sequence[ControlNetConfig],
-        nets: Sequence[torch.nn.Module],
+        nets: Sequence[ControlNetBackend],
         depth_models: dict[str, Any],
         *,
         slots: int,
@@ -243,20 +243,12 @@ class ControlNets:
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
         for unit in self.active:
-            scale = unit.row_scale[call, :rows]
-            blocks, middle = unit.net(
-                x,
-                t,
-                encoder_hidden_states=embeddings,
-                controlnet_cond=unit.image[:rows],
-                conditioning_scale=1.0,
-                return_dict=False,
-            )
+            blocks, middle = unit.run(x, t, embeddings, unit.image[:rows], unit.row_scale[call, :rows])
             if down is None or mid is None:
-                down, mid = [block * scale for block in blocks], middle * scale
+                down, mid = blocks, middle
             else:
-                down = [total + block * scale for total, block in zip(down, blocks, strict=True)]
-                mid = mid + middle * scale
+                down = [total + block for total, block in zip(down, blocks, strict=True)]
+                mid = mid + middle
         return None if down is None or mid is None else (down, mid)
 
 

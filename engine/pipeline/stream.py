@@ -20,10 +20,12 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
+from typing import Any
 
 import torch
 
 from engine.backends.select import make_step_runner, select_backends
+from engine.backends.unet import ControlNetBackend
 from engine.config.schema import ControlNetConfig, FilterConfig, PromptConfig, StreamConfig, check_t_index_list
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy, GuidanceScalars, guided_unet_rows, select_cfg
@@ -49,6 +51,8 @@ class StreamPipeline:
             if size % s:
                 raise DreamwireError(f"stream.{name} {size} is not a multiple of the VAE factor {s}")
         check_stream(stream, controlnets)
+        configs = list(controlnets)
+        nets, depth = self._load_controlnets(configs)
         self.frames = stream.frame_buffer_size  # f
         self.slots = len(stream.t_index_list)  # n
         self.latent_shape = (codec.latent_channels, stream.height // s, stream.width // s)  # (C, h, w)
@@ -70,10 +74,11 @@ class StreamPipeline:
             guided_unet_rows(stream.cfg_type, self.unet_rows, self.frames),
             self.device,
             self.dtype,
+            controlnets=[(config.model, net) for config, net in zip(configs, nets, strict=True)],
         )
         self.unet, self.codec, self.acceleration = backends.unet, backends.vae, backends.name
         # ControlNets (engine/pipeline/controlnet.py): the UNet backend with their residuals added, and step 2a.
-        self.controlnets = self._build_controlnets(stream, list(controlnets))
+        self.controlnets = self._build_controlnets(stream, configs, backends.controlnets, depth)
         self._prepare_control: Callable[[torch.Tensor | None], None] = _nothing
         self._layout_control: Callable[[CfgStrategy], None] = _nothing
         if self.controlnets is not None:
@@ -105,12 +110,22 @@ class StreamPipeline:
         self.last_output: torch.Tensor | None = None
         self.skipped = False  # whether the last step() was skipped by the similarity filter
 
-    def _build_controlnets(self, stream: StreamConfig, configs: list[ControlNetConfig]) -> ControlNets | None:
+    def _load_controlnets(self, configs: list[ControlNetConfig]) -> tuple[list[torch.nn.Module], dict[str, Any]]:
         if not configs:
-            return None
+            return [], {}
         models = self.models
         model_id = models.config.id if models.config is not None else "tiny"
-        nets, depth = load_controlnets(configs, models.unet, model_id, models.loaded, self.device, self.dtype)
+        return load_controlnets(configs, models.unet, model_id, models.loaded, self.device, self.dtype)
+
+    def _build_controlnets(
+        self,
+        stream: StreamConfig,
+        configs: list[ControlNetConfig],
+        nets: Sequence[ControlNetBackend],
+        depth: dict[str, Any],
+    ) -> ControlNets | None:
+        if not configs:
+            return None
         return ControlNets(
             configs,
             nets,
