@@ -14,6 +14,7 @@ from functools import cache
 from engine.config.registry import registry
 from engine.control.coerce import osc_type
 from engine.control.commands import COMMANDS, Command, parameter_address
+from engine.control.sdtd_controlnets import CONTROLNETS, USE_CONTROLNET
 from engine.core.errors import DreamwireError
 
 
@@ -47,7 +48,11 @@ STREAMDIFFUSIONTD: tuple[Route, ...] = (
     Route("/delta", "prompt.delta", arguments="f"),
     Route("/seed", "prompt.seed", arguments="i"),
 )
-STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets", "/ipadapter_scale", "/cached_attention", "/fx/")
+STREAMDIFFUSIONTD_UNSUPPORTED = ("/ipadapter_scale", "/cached_attention", "/fx/")
+# Its commands of its own module (engine/control/sdtd_controlnets.py). `/controlnets` is reached only without the
+# namespace: there it is StreamDiffusionTD's JSON list; `/dreamwire/controlnets` stays our list.
+STREAMDIFFUSIONTD_COMMANDS = (CONTROLNETS, USE_CONTROLNET)
+_SHADOWED = {CONTROLNETS.address: Route(CONTROLNETS.address, CONTROLNETS.name, CONTROLNETS, CONTROLNETS.arguments)}
 
 
 @cache
@@ -57,7 +62,7 @@ def routes() -> dict[str, Route]:
         parameter_address(spec.path): Route(parameter_address(spec.path), spec.path, arguments=osc_type(spec))
         for spec in registry().values()
     }
-    commands = [Route(c.address, c.name, c, c.arguments) for c in COMMANDS]
+    commands = [Route(c.address, c.name, c, c.arguments) for c in (*COMMANDS, USE_CONTROLNET)]
     for route in (*commands, *ALIASES, *STREAMDIFFUSIONTD):
         known = table.setdefault(route.address, route)
         if known.target != route.target:
@@ -74,9 +79,11 @@ class Router:
         """The route of an address as received; DreamwireError when there is none."""
         relative = self.relative(address)
         found = self.routes.get(relative)
-        # A StreamDiffusionTD name we do not support shadows our address of the same name sent without the
-        # namespace (its `/controlnets` is not our list): ours is reached with the namespace; `/controlnets/0/scale`
-        # is ours either way.
+        if relative == address and relative in _SHADOWED:
+            return _SHADOWED[relative]
+        # A StreamDiffusionTD name shadows our address of the same name sent without the namespace (its
+        # `/controlnets` is not our list): ours is reached with the namespace; `/controlnets/0/scale` is ours either
+        # way.
         if found is None or (relative == address and unsupported(relative).rstrip("/") == relative):
             name = unsupported(relative)
             if name:
