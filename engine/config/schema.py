@@ -263,6 +263,13 @@ class ControlNetConfig(Section):
         "depth: a transformers depth-estimation model (Hugging Face id or local folder).",
         min_length=1,
     )
+    reuse_frames: int = rebuild(
+        1,
+        "Residuals computed once every this many frames and reused in between (a peer's cn_cache_interval): "
+        "cheaper, the structure lags; 1: every frame. Not with stream.cuda_graph.",
+        ge=1,
+        le=8,
+    )
     canny_low: float = live(
         100.0,
         "canny: weak-edge threshold on the gradient magnitude (0-255 scale, as OpenCV).",

@@ -44,6 +44,11 @@ def check_stream(stream: StreamConfig, configs: Sequence[ControlNetConfig]) -> N
     """What the stream settings cannot do with ControlNets, refused before anything is built."""
     if not configs:
         return
+    if stream.cuda_graph and any(c.reuse_frames > 1 for c in configs):
+        raise DreamwireError(
+            "controlnets reuse_frames above 1 cannot run under stream.cuda_graph (a captured step computes the "
+            "residuals every frame): set reuse_frames 1 or stream.cuda_graph false"
+        )
     if stream.mode != "img2img" and any(c.preprocessor != "external" for c in configs):
         raise DreamwireError(
             f"stream.mode {stream.mode!r} has no input frame to make a control image from: use img2img, or "
@@ -126,8 +131,27 @@ class ControlUnit:
             self._external if config.preprocessor == "external" else _the_input
         )
 
+        # reuse_frames: the residuals of each UNet call computed once every that many frames, kept in between
+        self._kept: list[Residuals | None] = [None] * buffers.calls
+        self._age = [0] * buffers.calls  # frames since each call's kept residuals were computed
+
     def _external(self, image: torch.Tensor | None) -> torch.Tensor:
         return self.external
+
+    def residuals(self, call: int, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, rows: int) -> Residuals:
+        """This net's residuals for UNet call `call`, scaled per row: computed, or kept from an earlier frame."""
+        kept = self._kept[call]
+        if kept is not None and self._age[call] + 1 < self.config.reuse_frames:
+            self._age[call] += 1
+            return kept
+        self._age[call] = 0
+        found = self.run(x, t, embeddings, self.image[:rows], self.row_scale[call, :rows])
+        if self.config.reuse_frames > 1:
+            self._kept[call] = found
+        return found
+
+    def forget(self) -> None:
+        self._kept = [None] * len(self._kept)
 
     @property
     def active(self) -> bool:
@@ -194,6 +218,8 @@ class ControlNets:
         for unit in self.units:
             self._write_scales(unit)
         self.active = [unit for unit in self.units if unit.active]
+        for unit in self.units:
+            unit.forget()  # other rows: nothing kept fits
 
     def set(self, index: int, config: ControlNetConfig) -> bool:
         """A live change of ControlNet `index` (scale, enabled, start, end, preprocessor parameters), in place.
@@ -212,6 +238,7 @@ class ControlNets:
         active = [u for u in self.units if u.active]
         changed = [id(u) for u in active] != [id(u) for u in self.active]
         self.active = active
+        unit.forget()  # a new scale or range: the kept residuals carry the old one
         return changed
 
     def _write_scales(self, unit: ControlUnit) -> None:
@@ -243,7 +270,7 @@ class ControlNets:
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
         for unit in self.active:
-            blocks, middle = unit.run(x, t, embeddings, unit.image[:rows], unit.row_scale[call, :rows])
+            blocks, middle = unit.residuals(call, x, t, embeddings, rows)
             if down is None or mid is None:
                 down, mid = blocks, middle
             else:
