@@ -125,11 +125,10 @@ class ControlUnit:
         self.row_scale = buffers.zeros(buffers.calls, buffers.max_rows, 1, 1, 1)  # scale per UNet call and row
         self.acts = False  # some row has a scale above 0 (kept on the host: reading row_scale would sync)
         # external: the second source's newest frame [f, 3, H, W] in [−1, 1] (set_external), held when it stops
-        external = config.preprocessor == "external"
+        # preprocess_on source: the control image made on the input's source thread arrives the same way
+        external = config.preprocessor == "external" or config.preprocess_on == "source"
         self.external = buffers.zeros(buffers.frames if external else 0, 3, buffers.height, buffers.width)
-        self.source: Callable[[torch.Tensor | None], torch.Tensor] = (
-            self._external if config.preprocessor == "external" else _the_input
-        )
+        self.source: Callable[[torch.Tensor | None], torch.Tensor] = self._external if external else _the_input
 
         # reuse_frames: the residuals of each UNet call computed once every that many frames, kept in between
         self._kept: list[Residuals | None] = [None] * buffers.calls
@@ -225,11 +224,12 @@ class ControlNets:
         """A live change of ControlNet `index` (scale, enabled, start, end, preprocessor parameters), in place.
         True when the set of nets that run changed (the step runner must be invalidated)."""
         unit = self.units[index]
-        if (config.model, config.preprocessor, config.input, config.depth_model) != (
+        if (config.model, config.preprocessor, config.input, config.depth_model, config.preprocess_on) != (
             unit.config.model,
             unit.config.preprocessor,
             unit.config.input,
             unit.config.depth_model,
+            unit.config.preprocess_on,
         ):
             raise DreamwireError(f"controlnets.{index}: a new model, preprocessor or input is a rebuild")
         unit.config = config
@@ -251,7 +251,8 @@ class ControlNets:
         unit.acts = bool(scales.any())
 
     def set_external(self, index: int, image: torch.Tensor) -> None:
-        """The external source's newest frame for ControlNet `index` [f, 3, H, W] in [−1, 1] (between steps)."""
+        """The external source's newest frame for ControlNet `index` [f, 3, H, W] in [−1, 1] (between steps); with
+        preprocess_on source, the control image made on the source thread."""
         self.units[index].external.copy_(image)
 
     def prepare(self, image: torch.Tensor | None) -> None:
