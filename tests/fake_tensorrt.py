@@ -2,12 +2,15 @@
 
 It parses the real ONNX file it is given (onnx), "builds" an engine that is the JSON of the network's I/O and
 the optimisation profile, and its execution context really reads the input buffers at the addresses it was
-given and writes ε = 2·sample + timestep into the output buffer (CPU memory through ctypes). Any attribute
+given and writes ε = 2·sample + timestep into the output buffer (CPU memory through ctypes); with the knob
+`run_onnx`, it runs the engine's ONNX graph in onnxruntime on its input buffers instead and writes every output
+(for the ControlNet engines and the UNet engine with residual inputs: numbers to compare with torch). Any attribute
 it does not define (get_binding_index, execute_v2, BuilderFlag.FP16, …) is recorded and raises.
 """
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import json
 import types
@@ -54,13 +57,15 @@ _NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT64": np.int64, "BOOL": np
 
 
 def make_module(version: str = "10.99.0") -> tuple[types.ModuleType, Recorder]:
-    """A fresh stand-in module and its recorder. Knobs: module.fail_build, module.fail_execute, module.fail_load."""
+    """A fresh stand-in module and its recorder. Knobs: module.fail_build, module.fail_execute, module.fail_load,
+    module.run_onnx."""
     recorder = Recorder()
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.fail_build = False
     trt.fail_execute = False
     trt.fail_load = False
+    trt.run_onnx = False
     trt.builds = 0
 
     class Logger(_Strict):
@@ -81,6 +86,7 @@ def make_module(version: str = "10.99.0") -> tuple[types.ModuleType, Recorder]:
             self.recorder = recorder
             self.inputs: dict[str, tuple[str, list]] = {}
             self.outputs: dict[str, tuple[str, list]] = {}
+            self.onnx = ""  # the graph, base64 (run_onnx)
 
     class OnnxParser(_Strict):
         num_errors = 0
@@ -98,6 +104,9 @@ def make_module(version: str = "10.99.0") -> tuple[types.ModuleType, Recorder]:
                 for value in values:
                     shape = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
                     into[value.name] = (kinds[value.type.tensor_type.elem_type], shape)
+            if trt.run_onnx:
+                with open(path, "rb") as file:
+                    self.network.onnx = base64.b64encode(file.read()).decode()
             return True
 
     class Profile(_Strict):
@@ -150,6 +159,7 @@ def make_module(version: str = "10.99.0") -> tuple[types.ModuleType, Recorder]:
                 "inputs": network.inputs,
                 "outputs": network.outputs,
                 "profiles": [p.shapes for p in config.profiles],
+                "onnx": network.onnx,
             }
             return json.dumps(engine).encode()
 
@@ -167,6 +177,7 @@ def make_module(version: str = "10.99.0") -> tuple[types.ModuleType, Recorder]:
             self.io = {**spec["inputs"], **spec["outputs"]}
             self.names = list(self.io)
             self.num_io_tensors = len(self.names)
+            self.session: Any = None  # onnxruntime's, made on the first run_onnx execution
 
         def get_tensor_name(self, index: int) -> str:
             return self.names[index]
@@ -207,10 +218,25 @@ def make_module(version: str = "10.99.0") -> tuple[types.ModuleType, Recorder]:
             recorder.add("context", "execute_async_v3", stream_handle)
             if trt.fail_execute:
                 return False
+            if trt.run_onnx:
+                return self._run_onnx()
             sample = self._view("sample", self.shapes["sample"])
             timestep = self._view("timestep", self.shapes["timestep"])
             out = self._view("latent", self.shapes["sample"])
             out[...] = 2 * sample + timestep.reshape(-1, 1, 1, 1)
+            return True
+
+        def _run_onnx(self) -> bool:
+            """The graph on the input buffers; each output written at its address, at the graph's result shape."""
+            import onnxruntime
+
+            if self.engine.session is None:
+                graph = base64.b64decode(self.engine.spec["onnx"])
+                self.engine.session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
+            feed = {name: self._view(name, self.shapes[name]).copy() for name in self.engine.spec["inputs"]}
+            results = self.engine.session.run(list(self.engine.spec["outputs"]), feed)
+            for name, result in zip(self.engine.spec["outputs"], results, strict=True):
+                self._view(name, result.shape)[...] = result
             return True
 
         def _view(self, name: str, shape: tuple) -> np.ndarray:

@@ -213,8 +213,29 @@ def test_a_controlnet_loads_from_a_local_diffusers_folder(models, tmp_path: Path
         load_controlnet(str(tmp_path / "missing"), models.unet, "tiny", torch.device("cpu"), torch.float32)
 
 
-def test_txt2img_needs_an_external_control_image_and_tensorrt_is_refused(models):
+def test_txt2img_needs_an_external_control_image(models):
     with pytest.raises(DreamwireError, match="has no input frame to make a control image"):
         pipeline(models, [{"scale": 1.0}], mode="txt2img")
-    with pytest.raises(DreamwireError, match="tensorrt are not supported yet"):
-        pipeline(models, [{"scale": 1.0}], acceleration="tensorrt")
+
+
+def test_reuse_frames_computes_the_residuals_once_every_n_frames_and_keeps_them_between(models):
+    reused, every = pipeline(models, [{"scale": 0.9, "reuse_frames": 3}]), pipeline(models, [{"scale": 0.9}])
+    unit = reused.controlnets.units[0]
+    runs: list[int] = []
+    inner = unit.run
+    unit.run = lambda *args: runs.append(1) or inner(*args)  # type: ignore[method-assign]
+    recorder = record(reused)
+    frames = to_input(clip(5))
+    outputs = []
+    for i in range(5):
+        outputs.append((reused.step(frames[i : i + 1]).clone(), every.step(frames[i : i + 1]).clone()))
+    assert len(runs) == 2  # frames 0 and 3
+    mids = [call["res"][1] for call in recorder.calls]  # the mid residual per frame: kept, or new
+    assert mids[1] is mids[0] and mids[2] is mids[0] and mids[3] is not mids[0] and mids[4] is mids[3]
+    assert torch.equal(outputs[0][0], outputs[0][1])  # the first frame computes, as without reuse
+    assert (outputs[2][0] - outputs[2][1]).abs().amax() > 1e-5  # then the kept residuals lag
+    reused.set_controlnet_scale(0, 1.2)  # a new scale is computed at once, not after the kept ones run out
+    reused.step(frames[:1])
+    assert len(runs) == 3
+    with pytest.raises(DreamwireError, match=r"reuse_frames above 1 cannot run under stream\.cuda_graph"):
+        pipeline(models, [{"scale": 0.9, "reuse_frames": 2}], cuda_graph=True)

@@ -172,15 +172,51 @@ def test_the_list_over_osc_when_rebuild_keys_are_allowed(rig):  # noqa: F811
     assert r.engine.pipeline.controlnets.units[0].config.preprocessor == "soft_edge"
 
 
-def test_streamdiffusiontd_controlnets_stays_not_supported_yet(rig):  # noqa: F811
-    """Its message format could not be found (no public documentation of StreamDiffusionTD's /controlnets), so it
-    is answered as before rather than guessed."""
+def sdtd(**entry: Any) -> str:
+    """One StreamDiffusionTD /controlnets message: its JSON list (the StreamDiffusion fork's controlnet_config)."""
+    return json.dumps([{"model_id": "random", "preprocessor": "canny", "conditioning_scale": 0.8, **entry}])
+
+
+def test_streamdiffusiontd_controlnets_moves_the_live_fields_without_a_rebuild(rig):  # noqa: F811
     r = rig(with_controlnets(TINY_NET))
-    r.controller.send("/controlnets", "[]")
-    r.controller.send("/controlnets/0/scale", 0.5)  # ours without the namespace: accepted
-    assert r.controller.sync(r.feedback) == ["/controlnets: StreamDiffusionTD's /controlnets is not supported yet"]
+    pipeline = r.engine.pipeline
+    params = {"low_threshold": 40, "high_threshold": 90, "image_resolution": 512}  # the last: no counterpart
+    r.controller.send("/controlnets", sdtd(conditioning_scale=1.4, enabled=True, preprocessor_params=params))
+    r.controller.send("/controlnets/0/end", 0.5)  # ours without the namespace: still ours
+    assert r.controller.sync(r.feedback) == []
     r.apply()
-    assert r.engine.preset.controlnets[0].scale == 0.5
+    net = r.engine.preset.controlnets[0]
+    assert (net.scale, net.canny_low, net.canny_high, net.end) == (1.4, 40.0, 90.0, 0.5)
+    assert r.engine.pipeline is pipeline and not r.engine.rebuilding  # live fields: in place
+    assert r.feedback.wait(f"{NS}/controlnets/0/scale") == [pytest.approx(1.4)]  # echoed under our address
+    r.controller.send("/use_controlnet", 0)
+    assert r.controller.sync(r.feedback) == []
+    r.apply()
+    assert not r.engine.preset.controlnets[0].enabled and pipeline.controlnets.active == []
+
+
+def test_streamdiffusiontd_controlnets_bad_lists_and_rebuilds(rig):  # noqa: F811
+    r = rig(with_controlnets(TINY_NET))
+    r.controller.send("/controlnets", sdtd(model_id="thibaud/controlnet-sd21-depth-diffusers"))  # another net
+    r.controller.send("/controlnets", sdtd(preprocessor="openpose"))
+    r.controller.send("/controlnets", sdtd(conditioning_scale=3.0))
+    r.controller.send("/controlnets", "{not json")
+    r.controller.send("/controlnets", json.dumps({"model_id": "random"}))  # an object, not a list
+    errors = r.controller.sync(r.feedback)
+    assert len(errors) == 5
+    assert errors[0].startswith("/controlnets: adds, removes or swaps a ControlNet (1 running, 1 sent): a rebuild")
+    assert "/dreamwire/controlnets/<i>/scale" in errors[0]
+    assert errors[1].startswith("/controlnets: entry 0: preprocessor 'openpose' has no counterpart here (mapped: canny")
+    assert errors[2].startswith("/controlnets: entry 0: scale 3.0: Input should be less than or equal to 2")
+    assert errors[3].startswith("/controlnets: expects a JSON list, got '{not json'")
+    assert errors[4].startswith("/controlnets: expects a JSON list of objects")
+    assert r.engine.requested.snapshot().controlnets[0].scale == 0.8  # nothing sent
+
+    allowed = rig(with_controlnets(TINY_NET), allow_rebuild_keys=True)
+    allowed.controller.send("/controlnets", sdtd(preprocessor="hed", conditioning_scale=0.3))
+    assert allowed.controller.sync(allowed.feedback) == []
+    (net,) = allowed.engine.requested.snapshot().controlnets  # the whole list, a rebuild
+    assert (net.model, net.preprocessor, net.scale) == ("random", "soft_edge", 0.3)
 
 
 def test_a_scale_moves_over_frames_like_any_other_number(tiny_taesd_models: Models):

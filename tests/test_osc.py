@@ -369,7 +369,7 @@ BAD: list[tuple[str, tuple[Any, ...], str]] = [
     (f"{NS}/prompt/text", (b"\x00\x01",), "expects text"),
     (f"{NS}/nope", (1,), "unknown address"),
     ("/nope", (), "unknown address"),
-    ("/controlnets", ("[]",), "not supported yet"),
+    ("/controlnets", ("[{}]",), "entry 0: model_id must be a non-empty text"),
     ("/fx/blur", (1.0,), "is mapped only for feedback_loop"),
     (f"{NS}/model/id", ("tiny",), "model.id is a rebuild key"),
     (f"{NS}/io/input", ("file:/etc/passwd",), "io.input is a rebuild key"),

@@ -28,6 +28,8 @@ from engine.core.errors import DreamwireError
 
 ONNX_OPSET = 17
 ENGINE_FORMAT = 1  # bump when the export or the build changes in a way the other fields don't show
+ENGINE_KINDS = ("unet", "controlnet")  # EngineSpec.kind: the engine files' name prefixes
+_FILES = (("", ".engine"), ("", ".json"), (".", ".partial"))  # an engine, its record, a killed write's leftover
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json")
 
 
@@ -54,6 +56,13 @@ class EngineSpec:
     compute_capability: tuple[int, int]
     engine_format: int = ENGINE_FORMAT
     feature_bank_frames: int = 0  # ring slots of the feature bank's inputs (0: an engine without them)
+    # ControlNets (engine/backends/tensorrt_controlnet.py). kind: "unet" or "controlnet" (the file name's prefix);
+    # residual_inputs: the UNet graph's ControlNet residual inputs (0 without ControlNets); controlnet_id and
+    # controlnet_weights: a ControlNet engine's net (its base is model_id, weights: a net built from it differs).
+    kind: str = "unet"
+    residual_inputs: int = 0
+    controlnet_id: str = ""
+    controlnet_weights: str = ""
 
     def compute_hash(self) -> str:
         """A short hex key: equal for equal specs, different when any field differs."""
@@ -92,6 +101,14 @@ def engine_spec(
         onnx_opset=ONNX_OPSET,
         gpu_name=name,
         compute_capability=capability,
+    )
+
+
+def controlnet_spec(unet: EngineSpec, net_id: str) -> EngineSpec:
+    """The spec of ControlNet `net_id`'s engine beside the UNet engine `unet`: the same base, rows, resolution
+    profile (so the two engines take the same sizes), precision, TensorRT and GPU."""
+    return dataclasses.replace(
+        unet, kind="controlnet", residual_inputs=0, controlnet_id=net_id, controlnet_weights=weights_fingerprint(net_id)
     )
 
 
@@ -169,8 +186,8 @@ def default_cache_dir() -> Path:
 
 
 def engine_path(spec: EngineSpec, cache_dir: Path | None = None) -> Path:
-    """unet-KEY.engine in the cache folder; its spec sits beside it as unet-KEY.json."""
-    return (cache_dir or default_cache_dir()) / f"unet-{spec.compute_hash()}.engine"
+    """unet-KEY.engine (controlnet-KEY.engine) in the cache folder; its spec sits beside it as unet-KEY.json."""
+    return (cache_dir or default_cache_dir()) / f"{spec.kind}-{spec.compute_hash()}.engine"
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -207,7 +224,7 @@ class CachedEngine:
 def list_engines(cache_dir: Path | None = None) -> list[CachedEngine]:
     folder = cache_dir or default_cache_dir()
     engines = []
-    for path in sorted(folder.glob("unet-*.engine")):
+    for path in sorted(path for kind in ENGINE_KINDS for path in folder.glob(f"{kind}-*.engine")):
         try:
             spec = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -221,7 +238,7 @@ def clear_engines(cache_dir: Path | None = None) -> int:
     left behind."""
     folder = cache_dir or default_cache_dir()
     removed = 0
-    for pattern in ("unet-*.engine", "unet-*.json", ".unet-*.partial"):
+    for pattern in (f"{prefix}{kind}-*{suffix}" for kind in ENGINE_KINDS for prefix, suffix in _FILES):
         for path in folder.glob(pattern):
             path.unlink(missing_ok=True)
             removed += path.suffix == ".engine"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +26,7 @@ from engine.backends.cuda_graph import Body, CudaGraphStep, EagerStep, StepRunne
 from engine.backends.eager import CpuFallbackLog, MpsVae, prepare_modules
 from engine.backends.fallback import Fallback
 from engine.backends.onnx_export import StyleInputs
-from engine.backends.unet import EagerUNet, UNetBackend
+from engine.backends.unet import ControlNetBackend, EagerControlNet, EagerUNet, UNetBackend, added_input_widths
 from engine.backends.vae import VaeBackend
 from engine.config.schema import ModelConfig, StreamConfig
 from engine.core.errors import DreamwireError
@@ -41,6 +41,7 @@ class Backends:
     unet: UNetBackend
     vae: VaeBackend
     name: str  # the acceleration that actually runs ("none" after an allowed fallback)
+    controlnets: tuple[ControlNetBackend, ...] = ()  # one per ControlNet of select_backends(controlnets=...)
 
 
 def select_backends(
@@ -55,49 +56,63 @@ def select_backends(
     extras: Any = None,
     styles: StyleInputs | None = None,
     style_key: tuple[tuple[str, float | None], ...] = (),
+    controlnets: Sequence[tuple[str, torch.nn.Module]] = (),
 ) -> Backends:
     """unet_rows: UNet rows per call with guidance on (n·f, (n+1)·f or 2·n·f, by cfg_type): the TensorRT
     engine's batch. vae: the eager codec of vae_module. extras: the TensorRT engine's added I/O (tensorrt.py's
     EngineExtras: the feature bank), or None. styles, style_key: the LoRA and IP-Adapter inputs of a TensorRT engine
-    and what its cache key says of them (engine/pipeline/stream.py)."""
+    and what its cache key says of them (engine/pipeline/stream.py). controlnets: (model id, net) of the stream's
+    ControlNets (engine/pipeline/controlnet.py): under tensorrt the UNet engine takes their residuals and each gets
+    an engine."""
     name = stream.acceleration
     if name not in ACCELERATIONS:
         raise DreamwireError(f"stream.acceleration {name!r} is unknown (allowed: {', '.join(ACCELERATIONS)})")
     fallback = Fallback(stream.acceleration_fallback == "none")
     prepare_modules(unet, vae_module, device)
-    eager = _eager(unet, vae, device)
+    eager = _eager(unet, vae, device, controlnets)
     if name == "none":
         return eager
     try:
         if name == "compile":
-            return Backends(CompiledUNet(unet, fallback), CompiledVae(vae, fallback), "compile")
-        trt_unet = _tensorrt_unet(unet, model, stream, unet_rows, device, dtype, extras, styles, style_key)
-        return Backends(trt_unet, eager.vae, "tensorrt")
+            compiled = CompiledUNet(unet, fallback), CompiledVae(vae, fallback)
+            return Backends(*compiled, "compile", eager.controlnets)
+        return _tensorrt(
+            unet, model, stream, unet_rows, device, dtype, eager.vae, controlnets, extras, styles, style_key
+        )
     except Exception as error:  # a TensorRT build fails in many ways; the rule is the same for all of them
         fallback.failed(f"stream.acceleration {name!r}", error)
         return eager
 
 
-def _eager(unet: torch.nn.Module, vae: VaeBackend, device: torch.device) -> Backends:
+def _eager(
+    unet: torch.nn.Module, vae: VaeBackend, device: torch.device, controlnets: Sequence[tuple[str, torch.nn.Module]]
+) -> Backends:
+    nets = tuple(EagerControlNet(net) for _, net in controlnets)
     if device.type == "mps":
-        return Backends(CpuFallbackLog(EagerUNet(unet)), MpsVae(vae), "none")
-    return Backends(EagerUNet(unet), vae, "none")
+        return Backends(CpuFallbackLog(EagerUNet(unet)), MpsVae(vae), "none", nets)
+    return Backends(EagerUNet(unet), vae, "none", nets)
 
 
-def _tensorrt_unet(
+def _tensorrt(
     unet: torch.nn.Module,
     model: ModelConfig | None,
     stream: StreamConfig,
     unet_rows: int,
     device: torch.device,
     dtype: torch.dtype,
+    vae: VaeBackend,
+    controlnets: Sequence[tuple[str, torch.nn.Module]],
     extras: Any = None,
     styles: StyleInputs | None = None,
     style_key: tuple[tuple[str, float | None], ...] = (),
-) -> UNetBackend:
+) -> Backends:
+    """The UNet engine (with the ControlNets' residual inputs when there are any, the feature bank's extras, the
+    style inputs) and one engine per ControlNet, all with the same resolution profile; the VAE runs eager."""
     try:  # lazily: tensorrt is an optional extra, and its import is slow
-        from engine.backends.engine_cache import engine_spec
+        from engine.backends.engine_cache import controlnet_spec, engine_spec
+        from engine.backends.onnx_export import residual_names
         from engine.backends.tensorrt import build_unet_backend, import_tensorrt
+        from engine.backends.tensorrt_controlnet import build_controlled_unet_backend, build_controlnet_backend
     except ImportError as error:
         raise DreamwireError(
             f"the TensorRT backend is not installed ({error}): {TENSORRT_EXTRA}, matched to torch's CUDA version"
@@ -108,7 +123,17 @@ def _tensorrt_unet(
     spec = engine_spec(model, stream, unet_rows, dtype, device, loras=style_key)
     if extras is not None:  # what the added I/O changes in the engine is in its key
         spec = dataclasses.replace(spec, **extras.spec_fields)
-    return build_unet_backend(unet, spec, extras=extras, styles=styles)
+    if not controlnets:
+        return Backends(build_unet_backend(unet, spec, extras=extras, styles=styles), vae, "tensorrt")
+    if extras is not None or (styles is not None and styles.buffers()) or added_input_widths(unet):
+        raise DreamwireError(  # the controlled UNet graph has the residual inputs only
+            "ControlNets under stream.acceleration tensorrt are not built yet together with the feature bank, "
+            "LoRAs, the IP-Adapter or an SDXL model: use compile or none for that combination"
+        )
+    first = controlnets[0][1]  # every net fits the base (checked at load): one residual layout
+    spec = dataclasses.replace(spec, residual_inputs=len(residual_names(first)))
+    nets = tuple(build_controlnet_backend(net, unet, controlnet_spec(spec, net_id)) for net_id, net in controlnets)
+    return Backends(build_controlled_unet_backend(unet, first, spec), vae, "tensorrt", nets)
 
 
 def make_step_runner(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +38,7 @@ from engine.core.errors import DreamwireError
 
 log = logging.getLogger(__name__)
 
+_WHAT = {"unet": "UNet", "controlnet": "ControlNet"}  # EngineSpec.kind, in messages
 LATENT_FACTOR = 8  # pixels per latent pixel, per side, for every Stable Diffusion VAE (KL and TAESD)
 
 
@@ -80,27 +81,85 @@ def build_unet_backend(
     extras: EngineExtras | None = None,
     styles: StyleInputs | None = None,
 ) -> TensorRTUNet:
-    """The UNet as a TensorRT engine: the cached one for spec's key, else exported, built and cached. extras: more
-    inputs and outputs (spec's key must name them, e.g. its feature_bank_frames). styles: the LoRA weights and
-    IP-Adapter inputs, bound once to the pipeline's buffers (engine/backends/onnx_export.py)."""
-    styles = styles or StyleInputs()
+    """The UNet as a TensorRT engine: the cached one for spec's key, else exported, built and cached (with
+    ControlNets: tensorrt_controlnet.build_controlled_unet_backend). Its inputs beyond sample, timestep and text:
+    SDXL's added conditioning (from the UNet's config); extras, the feature bank's I/O (spec's key must name them,
+    e.g. its feature_bank_frames); styles, the LoRA weights and IP-Adapter inputs, bound once to the pipeline's
+    buffers (engine/backends/onnx_export.py). One graph takes one of these kinds at a time."""
     trt = import_tensorrt()
+    styles = styles or StyleInputs()
+    added = added_input_widths(unet)
+    if sum((bool(added), extras is not None, bool(styles.buffers()))) > 1:
+        raise DreamwireError(
+            "under stream.acceleration tensorrt an engine takes one of SDXL's added conditioning, the feature bank "
+            "or LoRAs/IP-Adapter inputs at a time for now: use compile or none for this combination"
+        )
+    side = spec.opt_size // LATENT_FACTOR
+    export: Export | None = None
+    if extras is not None:
+        export = lambda staging: extras.export(staging / "unet.onnx", spec.unet_rows, (side, side))  # noqa: E731
+    elif styles.buffers():
+        export = lambda staging: styles.export(unet, staging / "unet.onnx", spec.unet_rows, (side, side))  # noqa: E731
+
+    def profile(builder: Any) -> Any:
+        return _profile(builder, unet, spec, extras, styles)
+
+    serialized, path, key, device = load_or_build(trt, unet, spec, cache_dir, export, profile)
+    return wrap_engine(
+        TensorRTUNet,
+        trt,
+        serialized,
+        path,
+        key,
+        device,
+        unet_size_factor(unet),
+        (),
+        added,
+        extras,
+        styles.buffers(),
+    )
+
+
+def wrap_engine(kind: type[TensorRTUNet], trt: ModuleType, serialized: bytes, path: Path, key: str, *args: Any) -> Any:
+    """The runtime `kind` on a serialized engine; its failures name the engine file and key."""
+    try:
+        return kind(trt, serialized, path, key, *args)
+    except DreamwireError:
+        raise
+    except Exception as error:  # TensorRT errors come in many types: all stop the run, named
+        raise DreamwireError(f"TensorRT engine {path} (key {key}): {type(error).__name__}: {error}") from error
+
+
+# export(staging folder) → the ONNX file; profile(builder) → the optimisation profile. None: the plain UNet's.
+Export = Callable[[Path], Path]
+ProfileMaker = Callable[[Any], Any]
+
+
+def load_or_build(
+    trt: ModuleType,
+    module: torch.nn.Module,
+    spec: EngineSpec,
+    cache_dir: Path | None,
+    export: Export | None = None,
+    profile: ProfileMaker | None = None,
+) -> tuple[bytes, Path, str, torch.device]:
+    """The serialized engine for spec's key (read from the cache, else built and cached), its path, key and device."""
     path = engine_path(spec, cache_dir)
     key = spec.compute_hash()
-    weight = next(unet.parameters())
+    weight = next(module.parameters())
     device = weight.device
     _require_cuda(device, path, key)
     if str(weight.dtype).removeprefix("torch.") != spec.dtype:
-        raise DreamwireError(f"TensorRT engine {path} (key {key}): the UNet is {weight.dtype}, the spec {spec.dtype}")
+        raise DreamwireError(
+            f"TensorRT engine {path} (key {key}): the {_WHAT[spec.kind]} is {weight.dtype}, the spec {spec.dtype}"
+        )
     try:
         if path.is_file():
             log.info("loading TensorRT engine %s (key %s)", path, key)
-            serialized = path.read_bytes()
-        else:
-            serialized = _build(trt, unet, spec, path, extras, styles)
-            save_engine(spec, serialized, path.parent)
-        factor, added = unet_size_factor(unet), added_input_widths(unet)
-        return TensorRTUNet(trt, serialized, path, key, device, factor, added, extras, styles.buffers())
+            return path.read_bytes(), path, key, device
+        serialized = _build(trt, module, spec, path, export, profile)
+        save_engine(spec, serialized, path.parent)
+        return serialized, path, key, device
     except DreamwireError:
         raise
     except Exception as error:  # TensorRT, ONNX and file errors come in many types: all stop the run, named
@@ -128,8 +187,8 @@ def _build(
     unet: torch.nn.Module,
     spec: EngineSpec,
     path: Path,
-    extras: EngineExtras | None,
-    styles: StyleInputs,
+    export: Export | None = None,
+    profile: ProfileMaker | None = None,
 ) -> bytes:
     key = spec.compute_hash()
     log.info("building TensorRT engine for %s (key %s): this takes minutes, once per key", spec.model_id, key)
@@ -137,32 +196,21 @@ def _build(
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=path.parent) as staging:
         side = spec.opt_size // LATENT_FACTOR
-        graph = Path(staging) / "unet.onnx"
-        if (extras is not None or styles.buffers()) and added_input_widths(unet):
-            raise DreamwireError(  # those graphs have no text_embeds / time_ids inputs
-                "the feature bank, LoRAs and the IP-Adapter under stream.acceleration tensorrt are not built for "
-                "SDXL yet: use compile or none with an SDXL model"
-            )
-        if extras is not None and styles.buffers():
-            raise DreamwireError(
-                "the feature bank together with LoRAs or the IP-Adapter under stream.acceleration tensorrt is not "
-                "built yet: use compile or none, or one of them"
-            )
-        if extras is not None:
-            onnx_path = extras.export(graph, spec.unet_rows, (side, side))
-        elif styles.buffers():
-            onnx_path = styles.export(unet, graph, spec.unet_rows, (side, side))
+        if export is None:
+            onnx_path = export_unet(unet, Path(staging) / "unet.onnx", spec.unet_rows, (side, side))
         else:
-            onnx_path = export_unet(unet, graph, spec.unet_rows, (side, side))
+            onnx_path = export(Path(staging))
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise DreamwireError(f"TensorRT engine {path} (key {key}): the ONNX parser refused the UNet: {errors}")
+            raise DreamwireError(
+                f"TensorRT engine {path} (key {key}): the ONNX parser refused the {_WHAT[spec.kind]}: {errors}"
+            )
         config = builder.create_builder_config()
-        config.add_optimization_profile(_profile(builder, unet, spec, extras, styles))
+        config.add_optimization_profile(_profile(builder, unet, spec) if profile is None else profile(builder))
         config.progress_monitor = _progress_monitor(trt)
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -178,7 +226,8 @@ def _profile(
     extras: EngineExtras | None = None,
     styles: StyleInputs | None = None,
 ) -> Any:
-    """Batch 1..rows (tuned for rows), sides min..max pixels (tuned for opt), in latent units."""
+    """Batch 1..rows (tuned for rows), sides min..max pixels (tuned for opt), in latent units; then the UNet's added
+    inputs (SDXL), the extras' and the styles'."""
     channels, dim, rows = int(unet.config.in_channels), int(unet.config.cross_attention_dim), spec.unet_rows
     low, opt, high = (size // LATENT_FACTOR for size in (spec.min_size, spec.opt_size, spec.max_size))
     profile = builder.create_optimization_profile()
@@ -236,8 +285,10 @@ _TORCH_DTYPES = {
 
 
 class TensorRTUNet:
-    """ε = unet(x, t, embeddings) on a TensorRT engine. x: [B, C, h, w], t: [B] int64, embeddings: [B, 77, D];
-    for SDXL also added: text_embeds [B, P], time_ids [B, 6] (added_widths: their names and widths)."""
+    """ε = unet(x, t, embeddings[, residuals][, added=]) on a TensorRT engine. x: [B, C, h, w], t: [B] int64,
+    embeddings: [B, 77, D]; residuals (an engine with ControlNet residual inputs): copied into their input buffers,
+    zeros when None; for SDXL also added: text_embeds [B, P], time_ids [B, 6] (added_widths: their names and
+    widths). The feature bank's extras and the style inputs are bound by address: the engine reads them itself."""
 
     def __init__(
         self,
@@ -247,11 +298,14 @@ class TensorRTUNet:
         key: str,
         device: torch.device,
         size_factor: int,
+        residuals: Sequence[tuple[str, int, int]] = (),
         added_widths: dict[str, int] | None = None,
         extras: EngineExtras | None = None,
         styles: dict[str, tuple[torch.Tensor, bool]] | None = None,
     ) -> None:
+        """residuals: the ControlNet residual inputs (name, channels, factor: [B, channels, h/factor, w/factor])."""
         self.path, self.key, self.device, self.size_factor = path, key, device, size_factor
+        self.residual_layout = list(residuals)
         self.added_widths = added_widths or {}
         self.extras = extras or EngineExtras(export=_no_export, profile=lambda *_: {})
         self.styles = styles or {}  # style input → (the pipeline's buffer, bound by rows): read at every call
@@ -263,8 +317,7 @@ class TensorRTUNet:
                 "delete it with `dreamwire engines clear`"
             )
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        inputs = [*UNET_INPUTS, *self.added_widths, *self.extras.inputs, *self.styles]
-        expected = [*inputs, UNET_OUTPUT, *self.extras.outputs]
+        expected = self._io_names()
         if names != set(expected):
             raise self._error(f"its I/O tensors are {sorted(names)}, expected {expected}")
         self.dtypes = {name: _TORCH_DTYPES[self.engine.get_tensor_dtype(name).name] for name in names}
@@ -272,6 +325,13 @@ class TensorRTUNet:
         self._shape: tuple[torch.Size, torch.Size] | None = None
         self._inputs: dict[str, torch.Tensor] = {}
         self._output = torch.empty(0)
+        self._residuals: list[torch.Tensor] = []  # the residual inputs' buffers, in residual_layout's order
+        self._residuals_zero = True  # they hold zeros (no ControlNet acts): nothing to write until one does
+
+    def _io_names(self) -> list[str]:
+        residuals = (name for name, _, _ in self.residual_layout)
+        inputs = [*UNET_INPUTS, *residuals, *self.added_widths, *self.extras.inputs, *self.styles]
+        return [*inputs, UNET_OUTPUT, *self.extras.outputs]
 
     def _error(self, what: str) -> DreamwireError:
         return DreamwireError(f"TensorRT engine {self.path} (key {self.key}): {what}")
@@ -281,7 +341,7 @@ class TensorRTUNet:
         x: torch.Tensor,
         t: torch.Tensor,
         embeddings: torch.Tensor,
-        residuals: Residuals | None = None,  # none here: ControlNets are refused with tensorrt (check_stream)
+        residuals: Residuals | None = None,
         added: AddedCond | None = None,
     ) -> torch.Tensor:
         shape = (x.shape, embeddings.shape)
@@ -291,6 +351,14 @@ class TensorRTUNet:
         self._inputs["sample"].copy_(x)
         self._inputs["timestep"].copy_(t)
         self._inputs["encoder_hidden_states"].copy_(embeddings)
+        if residuals is not None:
+            for buffer, residual in zip(self._residuals, (*residuals[0], residuals[1]), strict=True):
+                buffer.copy_(residual)
+            self._residuals_zero = False
+        elif not self._residuals_zero:
+            for buffer in self._residuals:
+                buffer.zero_()
+            self._residuals_zero = True
         for name in self.added_widths:  # SDXL's added conditioning (none for SD)
             self._inputs[name].copy_(added[name])  # type: ignore[index]
         if not self.context.execute_async_v3(_cuda_stream(self.device)):
@@ -304,6 +372,8 @@ class TensorRTUNet:
             step = self.size_factor * LATENT_FACTOR
             raise self._error(f"size {width * LATENT_FACTOR}x{height * LATENT_FACTOR} is not a multiple of {step}")
         shapes = {"sample": tuple(sample), "timestep": (rows,), "encoder_hidden_states": tuple(embeddings)}
+        for name, channels, factor in self.residual_layout:
+            shapes[name] = (rows, channels, height // factor, width // factor)
         shapes.update({name: (rows, width) for name, width in self.added_widths.items()})
         extra_shapes = {name: tuple(tensor.shape) for name, tensor in self.extras.inputs.items()}
         for name, dims in {**shapes, **extra_shapes}.items():
@@ -314,8 +384,10 @@ class TensorRTUNet:
                     f"stream.trt_min_size/trt_max_size"
                 )
         self._inputs = {
-            name: torch.empty(dims, dtype=self.dtypes[name], device=self.device) for name, dims in shapes.items()
+            name: torch.zeros(dims, dtype=self.dtypes[name], device=self.device) for name, dims in shapes.items()
         }
+        self._residuals = [self._inputs[name] for name, _, _ in self.residual_layout]
+        self._residuals_zero = True
         self._output = torch.empty(tuple(sample), dtype=self.dtypes[UNET_OUTPUT], device=self.device)
         styles = []  # the style inputs: the pipeline's own buffers (a call of B rows reads the first B rows)
         for name, (buffer, per_row) in self.styles.items():

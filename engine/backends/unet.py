@@ -1,5 +1,5 @@
-"""The UNet backend protocol, `ε = unet(x, t, embeddings[, residuals][, added=])`, and its eager PyTorch
-implementation."""
+"""The UNet backend protocol, `ε = unet(x, t, embeddings[, residuals][, added=])`, the ControlNet backend protocol
+(the residuals of one ControlNet, scaled per row), and their eager PyTorch implementations."""
 
 from __future__ import annotations
 
@@ -73,3 +73,43 @@ def unet_forward(
         mid_block_additional_residual=mid,
         return_dict=False,
     )[0]
+
+
+class ControlNetBackend(Protocol):
+    def __call__(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        embeddings: torch.Tensor,
+        image: torch.Tensor,
+        scale: torch.Tensor,
+        added: AddedCond | None = None,
+    ) -> Residuals:
+        """x, t, embeddings, added: the UNet call's; image: the control image [B, 3, H, W] in [0, 1]; scale: the
+        conditioning scale per row [B, 1, 1, 1] → the residuals, each multiplied by its row's scale."""
+        ...
+
+
+class EagerControlNet:
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        embeddings: torch.Tensor,
+        image: torch.Tensor,
+        scale: torch.Tensor,
+        added: AddedCond | None = None,
+    ) -> Residuals:
+        down, mid = self.net(
+            x,
+            t,
+            encoder_hidden_states=embeddings,
+            added_cond_kwargs=added,
+            controlnet_cond=image,
+            conditioning_scale=1.0,
+            return_dict=False,
+        )
+        return [block * scale for block in down], mid * scale

@@ -1,5 +1,6 @@
-"""`dreamwire bench`'s controlnet part: fps with 0, 1 and 2 ControlNets, measured in one run and interleaved (ratios
-to none), and each preprocessor's cost per 512x512 frame.
+"""`dreamwire bench`'s controlnet part: fps with 0, 1 and 2 ControlNets, and with one whose residuals are reused for
+2 and 4 frames, measured in one run and interleaved (ratios to none); what the reuse changes in the picture; and
+each preprocessor's cost per 512x512 frame.
 
 The ControlNets are the preset's first one (or `random`: one built from the model's own UNet, the architecture
 of a real ControlNet for that base) with preprocessor none, so that the fps compares the nets alone; the
@@ -25,6 +26,8 @@ from engine.pipeline.stream import StreamPipeline
 
 log = logging.getLogger(__name__)
 COUNTS = (0, 1, 2)
+REUSE = (2, 4)  # residual reuse (one ControlNet): residuals computed once every N frames
+QUALITY_FRAMES = 8  # frames of a moving pattern compared with and without reuse
 PREPROCESSOR_SIZE = 512  # px: the frame side the preprocessors are timed at
 WARMUP_FRAMES = 3
 DEFAULT_DEPTH_MODEL = ControlNetConfig.model_fields["depth_model"].default
@@ -38,15 +41,19 @@ def _sync(device: torch.device) -> None:
 def controlnet_costs(models: Models, preset: Preset, frames: int, rounds: int = 3) -> dict[str, Any]:
     """{"fps": {count: fps}, "fps_ratio_to_none": {count: ratio}, "preprocessor_ms": {name: ms or reason}}."""
     net = preset.controlnets[0] if preset.controlnets else ControlNetConfig(model="random")
-    net = net.model_copy(update={"preprocessor": "none", "input": None, "scale": 1.0, "enabled": True})
-    stream = preset.stream
+    update = {"preprocessor": "none", "input": None, "scale": 1.0, "enabled": True, "reuse_frames": 1}
+    net = net.model_copy(update=update)
+    stream = preset.stream.model_copy(update={"cuda_graph": False})  # reuse cannot run in a captured step
     image = np.stack([pattern_image(0, stream.width, stream.height)])
-    pipelines = {
-        count: StreamPipeline.prepared(models, stream, preset.prompt, preset.filter, controlnets=[net] * count)
-        for count in COUNTS
-    }
+
+    def make(count: int, reuse: int = 1) -> StreamPipeline:
+        nets = [net.model_copy(update={"reuse_frames": reuse})] * count
+        return StreamPipeline.prepared(models, stream, preset.prompt, preset.filter, controlnets=nets)
+
+    pipelines: dict[Any, StreamPipeline] = {count: make(count) for count in COUNTS}
+    pipelines |= {f"1 reuse {n}": make(1, n) for n in REUSE}
     loader = pipelines[0].frame_loader()
-    seconds = dict.fromkeys(COUNTS, 0.0)
+    seconds = dict.fromkeys(pipelines, 0.0)
     per_round = max(1, frames // rounds)
     for pipeline in pipelines.values():
         for _ in range(WARMUP_FRAMES):
@@ -57,13 +64,25 @@ def controlnet_costs(models: Models, preset: Preset, frames: int, rounds: int = 
             for _ in range(per_round):
                 to_unit_range(pipeline.step(loader(image))).float().cpu()  # the host copy a sink makes
             seconds[count] += time.perf_counter() - start
-    fps = {count: rounds * per_round * stream.frame_buffer_size / seconds[count] for count in COUNTS}
+    fps = {key: rounds * per_round * stream.frame_buffer_size / seconds[key] for key in pipelines}
     return {
         "controlnet_model": net.model,
         "fps": fps,
-        "fps_ratio_to_none": {count: fps[count] / fps[0] for count in COUNTS},
+        "fps_ratio_to_none": {key: fps[key] / fps[0] for key in pipelines},
+        "reuse_difference": {n: reuse_difference(make, loader, stream.width, stream.height, n) for n in REUSE},
         "preprocessor_ms": preprocessor_costs(models, preset, frames=max(10, frames)),
     }
+
+
+def reuse_difference(make: Any, loader: FrameLoader, width: int, height: int, reuse: int) -> float:
+    """Mean |output with residuals reused every `reuse` frames − output computed every frame| (pixels in [0, 1]),
+    over QUALITY_FRAMES frames of the moving pattern from the same start: what reuse costs in the picture."""
+    outputs = []
+    for every in (1, reuse):
+        pipeline = make(1, every)
+        frames = [loader(np.stack([pattern_image(i, width, height)])) for i in range(QUALITY_FRAMES)]
+        outputs.append(torch.stack([to_unit_range(pipeline.step(frame)).float().cpu() for frame in frames]))
+    return float((outputs[0] - outputs[1]).abs().mean())
 
 
 def preprocessor_costs(models: Models, preset: Preset, frames: int) -> dict[str, float | str]:
@@ -98,11 +117,13 @@ def preprocessor_costs(models: Models, preset: Preset, frames: int) -> dict[str,
 def format_controlnet(result: dict[str, Any]) -> list[str]:
     fps, ratio = result["fps"], result["fps_ratio_to_none"]
     counts = ", ".join(f"{count}: {fps[count]:.1f} fps ({ratio[count]:.2f}x)" for count in fps)
+    reuse = ", ".join(f"every {n} frames: mean |difference| {d:.4f}" for n, d in result["reuse_difference"].items())
     costs = ", ".join(
         f"{name} {value:.1f} ms" if isinstance(value, float) else f"{name} {value}"
         for name, value in result["preprocessor_ms"].items()
     )
     return [
         f"controlnets ({result['controlnet_model']}, ratio to none): {counts}",
+        f"controlnet residual reuse (1 net), pictures against every frame: {reuse}",
         f"preprocessors per {PREPROCESSOR_SIZE}x{PREPROCESSOR_SIZE} frame: {costs}",
     ]

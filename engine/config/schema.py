@@ -235,6 +235,18 @@ class ControlNetConfig(Section):
         "depth: a transformers depth-estimation model (Hugging Face id or local folder).",
         min_length=1,
     )
+    preprocess_on: Literal["gpu", "source"] = rebuild(
+        "gpu",
+        "canny, soft_edge: where the control image is made: gpu (torch ops inside the step, on the engine's device) "
+        "or source (OpenCV on the input's source thread, so the engine thread does none; the camera extra).",
+    )
+    reuse_frames: int = rebuild(
+        1,
+        "Residuals computed once every this many frames and reused in between (a peer's cn_cache_interval): "
+        "cheaper, the structure lags; 1: every frame. Not with stream.cuda_graph.",
+        ge=1,
+        le=8,
+    )
     canny_low: float = live(
         100.0,
         "canny: weak-edge threshold on the gradient magnitude (0-255 scale, as OpenCV).",
@@ -259,6 +271,8 @@ class ControlNetConfig(Section):
             )
         if self.start > self.end:
             raise ValueError(f"start {self.start} is after end {self.end} (need start <= end)")
+        if self.preprocess_on == "source" and self.preprocessor not in ("canny", "soft_edge"):
+            raise ValueError(f"preprocess_on source with preprocessor {self.preprocessor!r}: only canny and soft_edge")
         if self.canny_low > self.canny_high:
             raise ValueError(f"canny_low {self.canny_low} is above canny_high {self.canny_high}")
         return self

@@ -7,7 +7,14 @@ from engine.config.registry import documented
 from engine.control.coerce import osc_type
 from engine.control.commands import COMMANDS
 from engine.control.messages import STATUS
-from engine.control.routes import ALIASES, STREAMDIFFUSIONTD, STREAMDIFFUSIONTD_UNSUPPORTED, parameter_address, shown
+from engine.control.routes import (
+    ALIASES,
+    STREAMDIFFUSIONTD,
+    STREAMDIFFUSIONTD_COMMANDS,
+    STREAMDIFFUSIONTD_UNSUPPORTED,
+    parameter_address,
+    shown,
+)
 
 
 def markdown_tables(namespace: str = "/dreamwire") -> str:
@@ -40,7 +47,7 @@ def markdown_tables(namespace: str = "/dreamwire") -> str:
     rows += ["", "| StreamDiffusionTD | arguments | dreamwire |", "|---|---|---|"]
     for route in STREAMDIFFUSIONTD:
         rows.append(f"| `{route.address}` | {route.arguments or '-'} | `{parameter_address(route.target)}` |")
-    for command in COMMANDS:
+    for command in (*COMMANDS, *STREAMDIFFUSIONTD_COMMANDS):
         if command.streamdiffusiontd:
             rows.append(f"| `{command.address}` | {command.arguments or '-'} | {command.streamdiffusiontd} |")
     rows += [f"| `{shown(n)}` | | not supported yet (answered on `/error`) |" for n in STREAMDIFFUSIONTD_UNSUPPORTED]

@@ -14,6 +14,7 @@ from functools import cache
 from engine.config.registry import registry
 from engine.control.coerce import osc_type
 from engine.control.commands import COMMANDS, Command, parameter_address
+from engine.control.sdtd_controlnets import CONTROLNETS, USE_CONTROLNET
 from engine.core.errors import DreamwireError
 
 
@@ -67,7 +68,11 @@ STREAMDIFFUSIONTD: tuple[Route, ...] = (
     Route("/latent_feedback_strength", "processors.latent_pre.0.strength", arguments="f"),
     Route("/ipadapter_scale", "ip_adapter.scale", arguments="f"),  # its IP Adapter Scale: one float, 0 to 1
 )
-STREAMDIFFUSIONTD_UNSUPPORTED = ("/controlnets",)
+STREAMDIFFUSIONTD_UNSUPPORTED: tuple[str, ...] = ()  # every name we know of is mapped
+# Its commands of its own module (engine/control/sdtd_controlnets.py). `/controlnets` is reached only without the
+# namespace: there it is StreamDiffusionTD's JSON list; `/dreamwire/controlnets` stays our list.
+STREAMDIFFUSIONTD_COMMANDS = (CONTROLNETS, USE_CONTROLNET)
+_SHADOWED = {CONTROLNETS.address: Route(CONTROLNETS.address, CONTROLNETS.name, CONTROLNETS, CONTROLNETS.arguments)}
 
 
 @cache
@@ -77,7 +82,7 @@ def routes() -> dict[str, Route]:
         parameter_address(spec.path): Route(parameter_address(spec.path), spec.path, arguments=osc_type(spec))
         for spec in registry().values()
     }
-    commands = [Route(c.address, c.name, c, c.arguments) for c in COMMANDS]
+    commands = [Route(c.address, c.name, c, c.arguments) for c in (*COMMANDS, USE_CONTROLNET)]
     for route in (*commands, *ALIASES, *STREAMDIFFUSIONTD):
         known = table.setdefault(route.address, route)
         if known.target != route.target:
@@ -94,9 +99,11 @@ class Router:
         """The route of an address as received; DreamwireError when there is none."""
         relative = self.relative(address)
         found = self.routes.get(relative)
-        # A StreamDiffusionTD name we do not support shadows our address of the same name sent without the
-        # namespace (its `/controlnets` is not our list): ours is reached with the namespace; `/controlnets/0/scale`
-        # is ours either way.
+        if relative == address and relative in _SHADOWED:
+            return _SHADOWED[relative]
+        # A StreamDiffusionTD name shadows our address of the same name sent without the namespace (its
+        # `/controlnets` is not our list): ours is reached with the namespace; `/controlnets/0/scale` is ours either
+        # way.
         if found is None or (relative == address and unsupported(relative).rstrip("/") == relative):
             name = unsupported(relative)
             if name:

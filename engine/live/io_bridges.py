@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from bridges.base import Sink, Source
 from bridges.pixels import FrameConformer
 from bridges.uri import source_fit
@@ -30,10 +32,12 @@ class IoBridges:
         stream_size: Callable[[], tuple[int, int]],
         stopping: threading.Event,
         on_input_frame: Callable[[float], None] | None = None,
+        derive: Callable[[np.ndarray], dict[int, np.ndarray] | None] | None = None,
     ) -> None:
         self._stream_size = stream_size  # read by the source thread for every frame (a rebuild may change it)
         self._stopping = stopping
         self._on_input_frame = on_input_frame  # on the source's thread, per frame produced (the fps_in count)
+        self._derive = derive  # on the source's thread: control images made there (engine/live/source_controls.py)
         self.input_slot: LatestFrameSlot[Frame] = LatestFrameSlot()
         self.source_worker: SourceWorker | None = None
         self.sink_workers: list[tuple[SinkWorker, LatestFrameSlot[Frame]]] = []
@@ -46,7 +50,9 @@ class IoBridges:
         old = [self.source_worker] if self.source_worker is not None else []
         self.input_slot = LatestFrameSlot()
         conform = FrameConformer(f"source {source.name}", self._stream_size, source_fit(uri))
-        self.source_worker = SourceWorker(source, self.input_slot, conform=conform, on_frame=self._on_input_frame)
+        self.source_worker = SourceWorker(
+            source, self.input_slot, conform=conform, on_frame=self._on_input_frame, derive=self._derive
+        )
         self._swap_workers(old, [self.source_worker])
 
     def swap_sinks(self, sinks: list[Sink], uris: Sequence[str]) -> None:

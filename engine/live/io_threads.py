@@ -27,6 +27,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from bridges.base import Sink, Source
 from bridges.pixels import FrameConformer
 from engine.core.errors import DreamwireError
@@ -198,12 +200,14 @@ class SourceWorker(_BridgeWorker):
         conform: FrameConformer | None = None,
         on_frame: Callable[[float], None] | None = None,
         supervisor: Supervisor | None = None,
+        derive: Callable[[np.ndarray], dict[int, np.ndarray] | None] | None = None,
     ) -> None:
         super().__init__(source, backoff_start, backoff_max, supervisor)
         self._source = source
         self._slot = slot
         self.conform = conform or FrameConformer(f"source {source.name}")
         self._on_frame = on_frame or _ignore
+        self._derive = derive  # the conformed frame → control images made on this thread (source_controls.py)
         self.finished = threading.Event()
 
     @property
@@ -227,7 +231,9 @@ class SourceWorker(_BridgeWorker):
         self._on_frame(time.perf_counter())  # stamped here, on the source's thread, as the frame is produced
         image = self.conform(frame.image)
         if image is not None:
-            self._slot.put(frame if image is frame.image else Frame(image, frame.index, frame.capture_time))
+            controls = self._derive(image) if self._derive is not None else None
+            same = image is frame.image and controls is None
+            self._slot.put(frame if same else Frame(image, frame.index, frame.capture_time, controls))
         self._succeeded()
         return True
 

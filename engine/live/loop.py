@@ -53,6 +53,7 @@ from engine.live.prompt_encoder import PromptEncoder
 from engine.live.prompts import Prompts
 from engine.live.rebuild import Rebuilds
 from engine.live.requests import Requests
+from engine.live.source_controls import SourceControls
 from engine.live.tempo import Tempo
 from engine.live.timing import TimedBackend
 from engine.live.transitions import TransitionSet
@@ -82,7 +83,9 @@ class LiveEngine:
         self.now = InEffect(preset, models or load_models(preset.model), self.events)
         self.now.beat_now = self.tempo.clock.beat_at  # transitions in beats run on the beat clock
         self._stopping = threading.Event()  # set by stop() from any thread (a signal handler too)
-        self.io = IoBridges(self._stream_size, self._stopping, self.metrics.on_input_frame)
+        # preprocess_on source: control images made on the input's source thread (engine/live/source_controls.py)
+        self.source_controls = SourceControls(lambda: self.pipeline)
+        self.io = IoBridges(self._stream_size, self._stopping, self.metrics.on_input_frame, self.source_controls)
         self.metrics.set_source_state(self.io.source_state)
         self.metrics.set_tempo(self.tempo.status)  # bpm, beat and peers in the status line
         self.warmup = WarmupHold()  # live: the last good frame instead of the zero buffer's first outputs
@@ -343,6 +346,7 @@ class LiveEngine:
         image = None if self._txt2img else self.loader(np.stack([frame.image for frame in frames]))
         self.control_sources.load(self.pipeline)  # the external ControlNets' newest control images
         self.image_prompt.load(self.pipeline)  # the IP-Adapter's newest image tokens
+        self.source_controls.load(self.pipeline, frames)  # and those made on the source thread for these frames
         output = self.pipeline.step(image)
         skipped = self.pipeline.skipped
         host = self.to_host(output)  # (f, H, W, 3): the one host sync of a frame

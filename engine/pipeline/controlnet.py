@@ -3,9 +3,10 @@
 Per step (StreamPipeline._model_step, step 2a): each active ControlNet's control image is made from the input frame
 [f, 3, H, W] (the same frame, through the same fit, as the UNet's input; or the newest frame of its external
 source) by its preprocessor, and repeated for every UNet row (all slots, and the CFG rows). Per UNet call
-(ControlledUNet): each active ControlNet runs once on the UNet's rows; its residuals are multiplied by a per-row
-scale [rows, 1, 1, 1], summed over the nets, and passed to the UNet as down_block_additional_residuals /
-mid_block_additional_residual.
+(ControlledUNet): each active ControlNet runs once on the UNet's rows (its backend: eager, or a TensorRT engine with
+the scale as an input); its residuals are multiplied by a per-row scale [rows, 1, 1, 1], summed over the nets, and
+passed to the UNet as down_block_additional_residuals / mid_block_additional_residual (a TensorRT UNet engine takes
+them as named inputs: engine/backends/tensorrt_controlnet.py).
 
 The per-row scale is scale·enabled on the rows of the slots that start/end select, 0 elsewhere: slot i of n acts
 when start ≤ i/n and (i+1)/n ≤ end (as diffusers' control_guidance_start/end over a schedule of n steps). It lives
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from engine.backends.unet import AddedCond, Residuals, UNetBackend
+from engine.backends.unet import AddedCond, ControlNetBackend, Residuals, UNetBackend
 from engine.config.schema import ControlNetConfig, StreamConfig
 from engine.core.errors import DreamwireError
 from engine.pipeline.cfg import CfgStrategy
@@ -44,8 +45,11 @@ def check_stream(stream: StreamConfig, configs: Sequence[ControlNetConfig]) -> N
     """What the stream settings cannot do with ControlNets, refused before anything is built."""
     if not configs:
         return
-    if stream.acceleration == "tensorrt":
-        raise DreamwireError("controlnets with stream.acceleration tensorrt are not supported yet: use none or compile")
+    if stream.cuda_graph and any(c.reuse_frames > 1 for c in configs):
+        raise DreamwireError(
+            "controlnets reuse_frames above 1 cannot run under stream.cuda_graph (a captured step computes the "
+            "residuals every frame): set reuse_frames 1 or stream.cuda_graph false"
+        )
     if stream.mode != "img2img" and any(c.preprocessor != "external" for c in configs):
         raise DreamwireError(
             f"stream.mode {stream.mode!r} has no input frame to make a control image from: use img2img, or "
@@ -112,24 +116,52 @@ def load_controlnet(
 
 
 class ControlUnit:
-    """One ControlNet of the stream: its net, preprocessor and buffers (allocated once, fixed addresses)."""
+    """One ControlNet of the stream: its backend (eager, or a TensorRT engine), preprocessor and buffers (allocated
+    once, fixed addresses)."""
 
     def __init__(
-        self, config: ControlNetConfig, net: torch.nn.Module, preprocess: Preprocessor, buffers: _Shapes
+        self, config: ControlNetConfig, run: ControlNetBackend, preprocess: Preprocessor, buffers: _Shapes
     ) -> None:
-        self.config, self.net, self.preprocess = config, net, preprocess
+        self.config, self.run, self.preprocess = config, run, preprocess
         self.image = buffers.zeros(buffers.max_rows, 3, buffers.height, buffers.width)  # the control image, per row
         self.row_scale = buffers.zeros(buffers.calls, buffers.max_rows, 1, 1, 1)  # scale per UNet call and row
         self.acts = False  # some row has a scale above 0 (kept on the host: reading row_scale would sync)
         # external: the second source's newest frame [f, 3, H, W] in [−1, 1] (set_external), held when it stops
-        external = config.preprocessor == "external"
+        # preprocess_on source: the control image made on the input's source thread arrives the same way
+        external = config.preprocessor == "external" or config.preprocess_on == "source"
         self.external = buffers.zeros(buffers.frames if external else 0, 3, buffers.height, buffers.width)
-        self.source: Callable[[torch.Tensor | None], torch.Tensor] = (
-            self._external if config.preprocessor == "external" else _the_input
-        )
+        self.source: Callable[[torch.Tensor | None], torch.Tensor] = self._external if external else _the_input
+
+        # reuse_frames: the residuals of each UNet call computed once every that many frames, kept in between
+        self._kept: list[Residuals | None] = [None] * buffers.calls
+        self._age = [0] * buffers.calls  # frames since each call's kept residuals were computed
 
     def _external(self, image: torch.Tensor | None) -> torch.Tensor:
         return self.external
+
+    def residuals(
+        self,
+        call: int,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        embeddings: torch.Tensor,
+        rows: int,
+        added: AddedCond | None = None,
+    ) -> Residuals:
+        """This net's residuals for UNet call `call`, scaled per row: computed, or kept from an earlier frame.
+        added: SDXL's added conditioning of the UNet call (None for SD)."""
+        kept = self._kept[call]
+        if kept is not None and self._age[call] + 1 < self.config.reuse_frames:
+            self._age[call] += 1
+            return kept
+        self._age[call] = 0
+        found = self.run(x, t, embeddings, self.image[:rows], self.row_scale[call, :rows], added)
+        if self.config.reuse_frames > 1:
+            self._kept[call] = found
+        return found
+
+    def forget(self) -> None:
+        self._kept = [None] * len(self._kept)
 
     @property
     def active(self) -> bool:
@@ -158,7 +190,7 @@ class ControlNets:
     def __init__(
         self,
         configs: Sequence[ControlNetConfig],
-        nets: Sequence[torch.nn.Module],
+        nets: Sequence[ControlNetBackend],
         depth_models: dict[str, Any],
         *,
         slots: int,
@@ -196,16 +228,19 @@ class ControlNets:
         for unit in self.units:
             self._write_scales(unit)
         self.active = [unit for unit in self.units if unit.active]
+        for unit in self.units:
+            unit.forget()  # other rows: nothing kept fits
 
     def set(self, index: int, config: ControlNetConfig) -> bool:
         """A live change of ControlNet `index` (scale, enabled, start, end, preprocessor parameters), in place.
         True when the set of nets that run changed (the step runner must be invalidated)."""
         unit = self.units[index]
-        if (config.model, config.preprocessor, config.input, config.depth_model) != (
+        if (config.model, config.preprocessor, config.input, config.depth_model, config.preprocess_on) != (
             unit.config.model,
             unit.config.preprocessor,
             unit.config.input,
             unit.config.depth_model,
+            unit.config.preprocess_on,
         ):
             raise DreamwireError(f"controlnets.{index}: a new model, preprocessor or input is a rebuild")
         unit.config = config
@@ -214,6 +249,7 @@ class ControlNets:
         active = [u for u in self.units if u.active]
         changed = [id(u) for u in active] != [id(u) for u in self.active]
         self.active = active
+        unit.forget()  # a new scale or range: the kept residuals carry the old one
         return changed
 
     def _write_scales(self, unit: ControlUnit) -> None:
@@ -226,7 +262,8 @@ class ControlNets:
         unit.acts = bool(scales.any())
 
     def set_external(self, index: int, image: torch.Tensor) -> None:
-        """The external source's newest frame for ControlNet `index` [f, 3, H, W] in [−1, 1] (between steps)."""
+        """The external source's newest frame for ControlNet `index` [f, 3, H, W] in [−1, 1] (between steps); with
+        preprocess_on source, the control image made on the source thread."""
         self.units[index].external.copy_(image)
 
     def prepare(self, image: torch.Tensor | None) -> None:
@@ -247,21 +284,12 @@ class ControlNets:
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
         for unit in self.active:
-            scale = unit.row_scale[call, :rows]
-            blocks, middle = unit.net(
-                x,
-                t,
-                encoder_hidden_states=embeddings,
-                added_cond_kwargs=added,
-                controlnet_cond=unit.image[:rows],
-                conditioning_scale=1.0,
-                return_dict=False,
-            )
+            blocks, middle = unit.residuals(call, x, t, embeddings, rows, added)
             if down is None or mid is None:
-                down, mid = [block * scale for block in blocks], middle * scale
+                down, mid = blocks, middle
             else:
-                down = [total + block * scale for total, block in zip(down, blocks, strict=True)]
-                mid = mid + middle * scale
+                down = [total + block for total, block in zip(down, blocks, strict=True)]
+                mid = mid + middle
         return None if down is None or mid is None else (down, mid)
 
 

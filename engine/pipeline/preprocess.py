@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config.schema import ControlNetConfig
+from engine.core.errors import DreamwireError
 from engine.pipeline.models import from_pretrained
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,15 @@ def load_depth_model(model_id: str, device: torch.device, dtype: torch.dtype) ->
 def make_preprocessor(
     config: ControlNetConfig, device: torch.device, dtype: torch.dtype, depth_model: Any = None
 ) -> Preprocessor:
+    if config.preprocess_on == "source":  # made on the input's source thread (engine/live/source_controls.py)
+        try:
+            import cv2  # noqa: F401  (there, for every frame: refused now rather than on the first frame)
+        except ImportError:
+            raise DreamwireError(
+                "controlnets preprocess_on source needs OpenCV: pip install 'dreamwire[camera]' "
+                "(opencv-python-headless), or preprocess_on gpu"
+            ) from None
+        return PassThrough()
     if config.preprocessor == "canny":
         return Canny(config, device, dtype)
     if config.preprocessor == "soft_edge":

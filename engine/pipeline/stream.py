@@ -21,11 +21,13 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
+from typing import Any
 
 import torch
 
 from engine.backends.onnx_export import StyleInputs
 from engine.backends.select import make_step_runner, select_backends
+from engine.backends.unet import ControlNetBackend
 from engine.config.feature_bank import FeatureBankConfig
 from engine.config.processors import ProcessorsConfig
 from engine.config.schema import (
@@ -84,6 +86,8 @@ class StreamPipeline:
             if size % s:
                 raise DreamwireError(f"stream.{name} {size} is not a multiple of the VAE factor {s}")
         check_stream(stream, controlnets)
+        configs = list(controlnets)
+        nets, depth = self._load_controlnets(configs)
         self.frames = stream.frame_buffer_size  # f
         self.slots = len(stream.t_index_list)  # n
         self.latent_shape = (codec.latent_channels, stream.height // s, stream.width // s)  # (C, h, w)
@@ -128,6 +132,7 @@ class StreamPipeline:
             self.feature_bank.engine_extras() if tensorrt_bank else None,
             styles,
             style_key,
+            controlnets=[(config.model, net) for config, net in zip(configs, nets, strict=True)],
         )
         self.unet, self.codec, self.acceleration = backends.unet, backends.vae, backends.name
         # The IP-Adapter's image tokens join the text embeddings in every UNet call (a fixed-address buffer; a
@@ -140,7 +145,7 @@ class StreamPipeline:
                 self.set_image_tokens(self.ip_adapter.embed(read_image_file(image.removeprefix("file:"))))
         self.unet = self._banked = BankedUNet(self.unet, self.feature_bank)
         # ControlNets (engine/pipeline/controlnet.py): the UNet backend with their residuals added, and step 2a.
-        self.controlnets = self._build_controlnets(stream, list(controlnets))
+        self.controlnets = self._build_controlnets(stream, configs, backends.controlnets, depth)
         self._prepare_control: Callable[[torch.Tensor | None], None] = _nothing
         self._layout_control: Callable[[CfgStrategy], None] = _nothing
         if self.controlnets is not None:
@@ -189,12 +194,22 @@ class StreamPipeline:
         self.skipped = False  # whether the last step() was skipped by the similarity filter
         self.set_feature_bank(bank_config)
 
-    def _build_controlnets(self, stream: StreamConfig, configs: list[ControlNetConfig]) -> ControlNets | None:
+    def _load_controlnets(self, configs: list[ControlNetConfig]) -> tuple[list[torch.nn.Module], dict[str, Any]]:
         if not configs:
-            return None
+            return [], {}
         models = self.models
         model_id = models.config.id if models.config is not None else "tiny"
-        nets, depth = load_controlnets(configs, models.unet, model_id, models.loaded, self.device, self.dtype)
+        return load_controlnets(configs, models.unet, model_id, models.loaded, self.device, self.dtype)
+
+    def _build_controlnets(
+        self,
+        stream: StreamConfig,
+        configs: list[ControlNetConfig],
+        nets: Sequence[ControlNetBackend],
+        depth: dict[str, Any],
+    ) -> ControlNets | None:
+        if not configs:
+            return None
         return ControlNets(
             configs,
             nets,
