@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -96,6 +97,16 @@ def preset(**stream: object) -> Preset:
             "io": {"input": f"pattern:?width={SIZE}&height={SIZE}&fps=0", "outputs": []},
         }
     )
+
+
+def settle(engine: LiveEngine, timeout: float = 120.0) -> None:
+    """Apply controls until none is queued and no rebuild runs (a rebuild finishes on its own thread)."""
+    deadline = time.perf_counter() + timeout
+    engine.apply_pending_controls()
+    while engine.rebuilding or not engine.controls.empty():
+        assert time.perf_counter() < deadline, "the engine did not settle (a rebuild or controls still pending)"
+        time.sleep(0.01)
+        engine.apply_pending_controls()
 
 
 @pytest.fixture

@@ -4,11 +4,10 @@ the list itself a rebuild), and the OSC surface over a real UDP socket (engine/c
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
-from conftest import preset
+from conftest import preset, settle
 from test_osc import NS, _http, rig  # noqa: F401  (rig: the fixture, a real UDP socket on loopback)
 
 from engine.config.presets import load_preset
@@ -121,15 +120,6 @@ def test_adding_and_removing_a_controlnet_is_a_rebuild(tiny_taesd_models: Models
         assert engine.pipeline.controlnets is None and engine.preset.controlnets == []
     finally:
         engine.close()
-
-
-def settle(engine: LiveEngine, timeout: float = 120.0) -> None:
-    deadline = time.perf_counter() + timeout
-    engine.apply_pending_controls()
-    while engine.rebuilding or not engine.controls.empty():
-        assert time.perf_counter() < deadline, "the rebuild did not finish"
-        time.sleep(0.01)
-        engine.apply_pending_controls()
 
 
 def test_controlnet_addresses_over_a_real_udp_socket(rig):  # noqa: F811

@@ -5,12 +5,11 @@ stand-in of tests/test_cuda_graph.py: the replay equals eager through param chan
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 
 import pytest
 import torch
-from conftest import clip, preset, to_input
+from conftest import clip, preset, settle, to_input
 from test_cuda_graph import graphed
 from test_osc import NS, rig  # noqa: F401  (the fixture)
 from test_processors import pipeline
@@ -29,15 +28,6 @@ def with_processors(processors: dict = PROCESSORS):
     config = preset()
     config.processors = ProcessorsConfig.model_validate(processors)
     return config
-
-
-def settle(engine: LiveEngine, timeout: float = 60.0) -> None:
-    deadline = time.perf_counter() + timeout
-    engine.apply_pending_controls()
-    while engine.rebuilding or not engine.controls.empty():
-        assert time.perf_counter() < deadline, "the engine did not settle"
-        time.sleep(0.01)
-        engine.apply_pending_controls()
 
 
 def test_live_changes_apply_between_frames_without_a_rebuild_and_a_list_change_rebuilds(tiny_taesd_models):

@@ -5,13 +5,12 @@ never a rebuild; a fused weight is one), and the OSC surface over a real UDP soc
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import preset
+from conftest import preset, settle
 from test_ip_adapter import adapter_files  # noqa: F401  (the fixture: a synthetic adapter, encoder and images)
 from test_lora import write_lora
 from test_osc import NS, rig  # noqa: F401  (rig: the fixture, a real UDP socket on loopback)
@@ -25,15 +24,6 @@ from engine.pipeline.models import Models
 from engine.pipeline.tiny import build_unet
 
 pytest.importorskip("peft", reason="LoRAs need peft (pip install 'dreamwire[lora]')")
-
-
-def settle(engine: LiveEngine, timeout: float = 120.0) -> None:
-    deadline = time.perf_counter() + timeout
-    engine.apply_pending_controls()
-    while engine.rebuilding or not engine.controls.empty():
-        assert time.perf_counter() < deadline, "the rebuild did not finish"
-        time.sleep(0.01)
-        engine.apply_pending_controls()
 
 
 def test_every_lora_field_is_a_registry_path_with_its_osc_address() -> None:
