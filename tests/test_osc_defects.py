@@ -301,10 +301,9 @@ def test_a_burst_of_four_senders_2000_messages_each_keeps_frames_coming(rig, mes
         f" {1000 * worst:.1f} ms ({worst / frame_time:.2f} frame times) over {len(gaps)} frames;"
         f" {server.coalesced} of 8000 coalesced"
     )
-    # The bound is 3 frame times. Run alone this test meets it (2.0-2.7 frame times at 22 ms frames); inside
-    # the whole suite it does not (4.6 at 61 ms frames). Reproduced alone by allocating 3 million objects first
-    # (5.1 frame times); with the garbage collector off it was still 3.9, with the heap frozen 3.0 and 5.0, so the
-    # cause is not (only) collection pauses and is not found yet. Until it is, the bound here also allows a gap of
-    # 1 s; dreamwire bench --only osc reports the ratio.
+    # The bound is 3 frame times. On this 2-core VM it holds only some of the time, for the same code: run
+    # alone it gave 2.0-2.7 frame times at 22 ms frames, and an hour later 3.6-7.5 at 50-70 ms frames (load 0.6;
+    # the code from before that hour's merges failed the same way), 4.6 inside the whole suite. The cause is not
+    # found; until it is, the bound here also allows a gap of 1 s, and dreamwire bench --only osc reports the ratio.
     bound = max(3 * frame_time, 1.0)
     assert worst <= bound, f"a {1000 * worst:.0f} ms gap (frame time {1000 * frame_time:.1f} ms)"
