@@ -368,38 +368,46 @@ class TensorRTUNet:
     def _allocate(self, sample: torch.Size, embeddings: torch.Size) -> None:
         """Once per new shape: the input shapes, then fresh buffers at fixed addresses for every I/O tensor."""
         rows, _, height, width = sample
-        if height % self.size_factor or width % self.size_factor:
-            step = self.size_factor * LATENT_FACTOR
-            raise self._error(f"size {width * LATENT_FACTOR}x{height * LATENT_FACTOR} is not a multiple of {step}")
         shapes = {"sample": tuple(sample), "timestep": (rows,), "encoder_hidden_states": tuple(embeddings)}
         for name, channels, factor in self.residual_layout:
             shapes[name] = (rows, channels, height // factor, width // factor)
         shapes.update({name: (rows, width) for name, width in self.added_widths.items()})
+        # The extras' and the style inputs' buffers are the pipeline's own (a call of B rows reads the first B rows
+        # of a per-row style input): bound, never allocated here.
         extra_shapes = {name: tuple(tensor.shape) for name, tensor in self.extras.inputs.items()}
-        for name, dims in {**shapes, **extra_shapes}.items():
-            if not self.context.set_input_shape(name, dims):
-                raise self._error(
-                    f"input {name} {dims} is outside its optimisation profile (size "
-                    f"{width * LATENT_FACTOR}x{height * LATENT_FACTOR}, {rows} rows): rebuild with a wider "
-                    f"stream.trt_min_size/trt_max_size"
-                )
+        style_shapes = {
+            name: (rows, *buffer.shape[1:]) if per_row else tuple(buffer.shape)
+            for name, (buffer, per_row) in self.styles.items()
+        }
+        self._set_input_shapes({**shapes, **extra_shapes, **style_shapes}, rows, height, width)
         self._inputs = {
             name: torch.zeros(dims, dtype=self.dtypes[name], device=self.device) for name, dims in shapes.items()
         }
         self._residuals = [self._inputs[name] for name, _, _ in self.residual_layout]
         self._residuals_zero = True
         self._output = torch.empty(tuple(sample), dtype=self.dtypes[UNET_OUTPUT], device=self.device)
-        styles = []  # the style inputs: the pipeline's own buffers (a call of B rows reads the first B rows)
-        for name, (buffer, per_row) in self.styles.items():
-            dims = (rows, *buffer.shape[1:]) if per_row else tuple(buffer.shape)
+        styles = [(name, buffer) for name, (buffer, _) in self.styles.items()]
+        outputs = [(UNET_OUTPUT, self._output), *self.extras.outputs.items()]
+        self._bind([*self._inputs.items(), *self.extras.inputs.items(), *styles, *outputs])
+        log.debug("TensorRT UNet buffers for sample %s, embeddings %s", tuple(sample), tuple(embeddings))
+
+    def _set_input_shapes(self, shapes: dict[str, tuple[int, ...]], rows: int, height: int, width: int) -> None:
+        """One call's input shapes (height, width: the latent's), each checked against the optimisation profile."""
+        pixels = f"{width * LATENT_FACTOR}x{height * LATENT_FACTOR}"
+        if height % self.size_factor or width % self.size_factor:
+            raise self._error(f"size {pixels} is not a multiple of {self.size_factor * LATENT_FACTOR}")
+        for name, dims in shapes.items():
             if not self.context.set_input_shape(name, dims):
-                raise self._error(f"input {name} {dims} is outside its optimisation profile")
-            styles.append((name, buffer))
-        bound = (*self._inputs.items(), (UNET_OUTPUT, self._output), *self.extras.inputs.items(), *styles)
-        for name, buffer in (*bound, *self.extras.outputs.items()):
+                raise self._error(
+                    f"input {name} {dims} is outside its optimisation profile (size {pixels}, {rows} rows): "
+                    f"rebuild with a wider stream.trt_min_size/trt_max_size"
+                )
+
+    def _bind(self, named: Sequence[tuple[str, torch.Tensor]]) -> None:
+        """Every I/O tensor's buffer address: the engine reads and writes them there until the next allocation."""
+        for name, buffer in named:
             if not self.context.set_tensor_address(name, buffer.data_ptr()):
                 raise self._error(f"set_tensor_address({name}) failed")
-        log.debug("TensorRT UNet buffers for sample %s, embeddings %s", tuple(sample), tuple(embeddings))
 
 
 def _no_export(path: Path, rows: int, latent_size: tuple[int, int]) -> Path:

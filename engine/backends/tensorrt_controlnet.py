@@ -162,11 +162,6 @@ class TensorRTControlNet(backend.TensorRTUNet):
     def _allocate_control(self, sample: torch.Size, embeddings: torch.Size) -> None:
         """Once per new shape: the input shapes, then buffers at fixed addresses for every I/O tensor."""
         rows, _, height, width = sample
-        if height % self.size_factor or width % self.size_factor:
-            step = self.size_factor * backend.LATENT_FACTOR
-            raise self._error(
-                f"size {width * backend.LATENT_FACTOR}x{height * backend.LATENT_FACTOR} is not a multiple of {step}"
-            )
         pixels = (height * backend.LATENT_FACTOR, width * backend.LATENT_FACTOR)
         shapes = {
             "sample": tuple(sample),
@@ -175,12 +170,7 @@ class TensorRTControlNet(backend.TensorRTUNet):
             "controlnet_cond": (rows, 3, *pixels),
             "conditioning_scale": (rows,),
         }
-        for name, dims in shapes.items():
-            if not self.context.set_input_shape(name, dims):
-                raise self._error(
-                    f"input {name} {dims} is outside its optimisation profile (size {pixels[1]}x{pixels[0]}, "
-                    f"{rows} rows): rebuild with a wider stream.trt_min_size/trt_max_size"
-                )
+        self._set_input_shapes(shapes, rows, height, width)
         self._inputs = {
             name: torch.zeros(dims, dtype=self.dtypes[name], device=self.device) for name, dims in shapes.items()
         }
@@ -188,11 +178,6 @@ class TensorRTControlNet(backend.TensorRTUNet):
             torch.empty(rows, channels, height // factor, width // factor, dtype=self.dtypes[name], device=self.device)
             for name, channels, factor in self.residual_layout
         ]
-        named = [
-            *self._inputs.items(),
-            *((name, out) for (name, _, _), out in zip(self.residual_layout, self._outputs, strict=True)),
-        ]
-        for name, buffer in named:
-            if not self.context.set_tensor_address(name, buffer.data_ptr()):
-                raise self._error(f"set_tensor_address({name}) failed")
+        outputs = [(name, out) for (name, _, _), out in zip(self.residual_layout, self._outputs, strict=True)]
+        self._bind([*self._inputs.items(), *outputs])
         log.debug("TensorRT ControlNet buffers for sample %s", tuple(sample))
