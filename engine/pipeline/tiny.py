@@ -74,23 +74,25 @@ def build_text_encoder(tokenizer: Any, projection: bool = False, seed: int = _SE
         return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
+# The tiny UNets' shared layout: two levels, the second with cross-attention, on an 8x8 latent.
+_UNET_LAYOUT: dict[str, Any] = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "norm_num_groups": 32,
+}
+
+
 def build_unet() -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED + 1)
-        return UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=_HIDDEN,
-            attention_head_dim=8,
-            norm_num_groups=32,
-        ).eval()
+        return UNet2DConditionModel(**_UNET_LAYOUT, cross_attention_dim=_HIDDEN, attention_head_dim=8).eval()
 
 
 def build_sdxl_unet() -> torch.nn.Module:
@@ -102,13 +104,7 @@ def build_sdxl_unet() -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED + 4)
         return UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            **_UNET_LAYOUT,
             cross_attention_dim=2 * _HIDDEN,
             attention_head_dim=(2, 4),
             use_linear_projection=True,
@@ -116,7 +112,6 @@ def build_sdxl_unet() -> torch.nn.Module:
             addition_embed_type="text_time",
             addition_time_embed_dim=time_features,
             projection_class_embeddings_input_dim=6 * time_features + _HIDDEN,
-            norm_num_groups=32,
         ).eval()
 
 
