@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.bench.styles import random_ip_adapter
+from engine.bench.styles import random_ip_adapter, write_random_ip_adapter
 from engine.config.schema import FilterConfig, IpAdapterConfig, PromptConfig, StreamConfig
 from engine.core.errors import DreamwireError
 from engine.pipeline.ip_adapter import attach_ip_adapter, ip_adapter_fits, read_image_file
@@ -27,32 +27,17 @@ def ip_adapter_state_dict(unet: torch.nn.Module, seed: int) -> dict[str, torch.T
 
 @pytest.fixture(scope="module")
 def adapter_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The bench's random adapter and CLIP vision tower for the tiny UNet, and two images of our own."""
     from PIL import Image
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     folder = tmp_path_factory.mktemp("ip_adapter")
-    save_file(ip_adapter_state_dict(build_unet(), seed=0), str(folder / "ip-adapter.safetensors"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=32,
-                projection_dim=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=37,
-                image_size=32,
-                patch_size=8,
-            )
-        )
-    encoder.save_pretrained(folder / "image_encoder")
+    written = write_random_ip_adapter(build_unet(), folder, seed=0)
     images, generator = {}, np.random.default_rng(0)
     pictures = {"a": np.full((48, 48, 3), (200, 30, 30), np.uint8), "b": generator.integers(0, 255, (48, 48, 3))}
     for name, picture in pictures.items():
         Image.fromarray(picture.astype(np.uint8)).save(folder / f"{name}.png")
         images[name] = str(folder / f"{name}.png")
-    return {"model": str(folder / "ip-adapter.safetensors"), "image_encoder": str(folder / "image_encoder"), **images}
+    return {"model": str(written.model), "image_encoder": str(written.image_encoder), **images}
 
 
 @pytest.fixture
