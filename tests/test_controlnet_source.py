@@ -4,13 +4,11 @@ source thread makes the control images, with the live thresholds, and the engine
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 import torch
 from conftest import SIZE, preset
+from test_controlnet_external import step_until
 
 from bridges.pattern import PatternSource, pattern_image
 from engine.config.schema import ControlNetConfig
@@ -46,14 +44,6 @@ def test_opencv_on_the_source_thread_matches_the_torch_path(size):
 def test_only_canny_and_soft_edge_run_on_the_source_thread():
     with pytest.raises(ValueError, match="preprocess_on source with preprocessor 'depth': only canny and soft_edge"):
         ControlNetConfig(model="random", preprocessor="depth", preprocess_on="source")
-
-
-def step_until(engine: LiveEngine, done: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.perf_counter() + timeout
-    while not done():
-        assert time.perf_counter() < deadline, "timed out"
-        engine.apply_pending_controls()
-        engine.step()
 
 
 def test_the_source_thread_makes_the_control_images_with_the_live_thresholds(tiny_taesd_models: Models):
