@@ -229,8 +229,6 @@ class ImagePromptUNet:
         residuals: Residuals | None = None,
         **added: Any,
     ) -> torch.Tensor:
-        if residuals is None:  # the TensorRT engine takes no residuals (ControlNets are refused with it)
-            return self.inner(x, t, embeddings, **added)
         return self.inner(x, t, embeddings, residuals, **added)
 
     def _joined(
