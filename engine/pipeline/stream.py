@@ -192,7 +192,6 @@ class StreamPipeline:
         self.filter: SimilarityFilter | NoFilter = NoFilter()
         self.last_output: torch.Tensor | None = None
         self.skipped = False  # whether the last step() was skipped by the similarity filter
-        self.set_feature_bank(bank_config)
 
     def _load_controlnets(self, configs: list[ControlNetConfig]) -> tuple[list[torch.nn.Module], dict[str, Any]]:
         if not configs:
