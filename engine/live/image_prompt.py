@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from bridges.pixels import FrameConformer
@@ -28,15 +27,10 @@ from engine.core.slot import LatestFrameSlot
 from engine.core.supervisor import SupervisedThread, spawn
 from engine.live.io_threads import SourceWorker
 from engine.live.threads import limit_torch_threads, lower_thread_priority
-from engine.pipeline.ip_adapter import IpAdapter, is_source_uri
+from engine.pipeline.ip_adapter import IpAdapter, is_source_uri, pixels_to_image
 from engine.pipeline.stream import StreamPipeline
 
 log = logging.getLogger(__name__)
-
-
-def to_image(frame: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 → [1, 3, H, W] in [−1, 1] (on the CPU; embed() moves it)."""
-    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
 
 class ImagePromptSource:
@@ -116,7 +110,7 @@ class ImagePromptSource:
                 return
             seen, frame = frames.latest()
             last = time.perf_counter()
-            tokens.put(adapter.embed(to_image(frame.image)))  # type: ignore[union-attr]
+            tokens.put(adapter.embed(pixels_to_image(frame.image)))  # type: ignore[union-attr]
             self.embedded += 1
 
     def close(self) -> None:

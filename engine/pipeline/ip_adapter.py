@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from engine.backends.unet import Residuals, UNetBackend
@@ -181,7 +182,6 @@ class IpAdapter:
 
 def read_image_file(path: str) -> torch.Tensor:
     """An image file → [1, 3, H, W] in [−1, 1]."""
-    import numpy as np
     from PIL import Image
 
     try:
@@ -189,7 +189,12 @@ def read_image_file(path: str) -> torch.Tensor:
             pixels = np.asarray(image.convert("RGB"))
     except OSError as error:
         raise DreamwireError(f"ip_adapter.image {path!r} could not be read: {error}") from error
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    return pixels_to_image(pixels)
+
+
+def pixels_to_image(pixels: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 → [1, 3, H, W] in [−1, 1] on the CPU (embed() moves it): a file's or a source frame's."""
+    return torch.from_numpy(np.array(pixels)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
 
 def image_tokens_buffer(adapter: IpAdapter, max_rows: int) -> torch.Tensor:
