@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
+from engine.config.processors import BENCH_SETTINGS
 from engine.config.schema import Preset
 from engine.core.errors import DreamwireError
 from engine.live.rebuild import build_pipeline
@@ -41,18 +42,12 @@ log = logging.getLogger(__name__)
 SHIFT = 3  # px per frame, to the right
 LEVELS = 255.0  # metrics in 8-bit levels
 
-# (name, preset override): merged into the preset as data, validated by the schema like a YAML file would be.
+# (name, preset override): merged into the preset as data, validated by the schema like a YAML file would be. The
+# processor rows are the settings engine/config/processors.py names for this bench.
 SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("none", {}),
     *((f"feature_bank {n}", {"feature_bank": {"enabled": True, "max_frames": n, "interval": 1}}) for n in (1, 2, 4)),
-    *(
-        (
-            f"latent_feedback {s}",
-            {"processors": {"latent_pre": [{"type": "latent_feedback", "enabled": True, "params": {"strength": s}}]}},
-        )
-        for s in (0.3, 0.6)
-    ),
-    ("feedback", {"processors": {"image_pre": [{"type": "feedback", "enabled": True, "params": {"strength": 0.3}}]}}),
+    *((label, {"processors": settings}) for label, settings in BENCH_SETTINGS.items() if settings),
 )
 
 
