@@ -199,3 +199,11 @@ def test_an_sdxl_engine_takes_the_added_conditioning_as_inputs(trt, tiny_sdxl_mo
     engine_unet = pipeline.unet.inner  # the TensorRT backend inside the feature bank's wrapper
     for name in ("text_embeds", "time_ids"):
         assert torch.equal(engine_unet._inputs[name], pipeline.added.kwargs[name])
+
+
+def test_an_engine_with_two_kinds_of_extra_inputs_is_refused_naming_both(tiny_models, tiny_sdxl_models):
+    """One engine graph takes one kind of extra input for now: a combination is one line naming what was asked."""
+    trt_backend.check_engine_inputs(tiny_models.unet, None, None, controlnets=True)  # one kind: fine
+    trt_backend.check_engine_inputs(tiny_sdxl_models.unet, None, None)
+    with pytest.raises(DreamwireError, match="not SDXL's added conditioning and ControlNets: use compile or none"):
+        trt_backend.check_engine_inputs(tiny_sdxl_models.unet, None, None, controlnets=True)

@@ -26,7 +26,7 @@ from engine.backends.cuda_graph import Body, CudaGraphStep, EagerStep, StepRunne
 from engine.backends.eager import CpuFallbackLog, MpsVae, prepare_modules
 from engine.backends.fallback import Fallback
 from engine.backends.onnx_export import StyleInputs
-from engine.backends.unet import ControlNetBackend, EagerControlNet, EagerUNet, UNetBackend, added_input_widths
+from engine.backends.unet import ControlNetBackend, EagerControlNet, EagerUNet, UNetBackend
 from engine.backends.vae import VaeBackend
 from engine.config.schema import ModelConfig, StreamConfig
 from engine.core.errors import DreamwireError
@@ -111,7 +111,7 @@ def _tensorrt(
     try:  # lazily: tensorrt is an optional extra, and its import is slow
         from engine.backends.engine_cache import controlnet_spec, engine_spec
         from engine.backends.onnx_export import residual_names
-        from engine.backends.tensorrt import build_unet_backend, import_tensorrt
+        from engine.backends.tensorrt import build_unet_backend, check_engine_inputs, import_tensorrt
         from engine.backends.tensorrt_controlnet import build_controlled_unet_backend, build_controlnet_backend
     except ImportError as error:
         raise DreamwireError(
@@ -125,11 +125,7 @@ def _tensorrt(
         spec = dataclasses.replace(spec, **extras.spec_fields)
     if not controlnets:
         return Backends(build_unet_backend(unet, spec, extras=extras, styles=styles), vae, "tensorrt")
-    if extras is not None or (styles is not None and styles.buffers()) or added_input_widths(unet):
-        raise DreamwireError(  # the controlled UNet graph has the residual inputs only
-            "ControlNets under stream.acceleration tensorrt are not built yet together with the feature bank, "
-            "LoRAs, the IP-Adapter or an SDXL model: use compile or none for that combination"
-        )
+    check_engine_inputs(unet, extras, styles, controlnets=True)  # the controlled UNet graph: residuals only
     first = controlnets[0][1]  # every net fits the base (checked at load): one residual layout
     spec = dataclasses.replace(spec, residual_inputs=len(residual_names(first)))
     nets = tuple(build_controlnet_backend(net, unet, controlnet_spec(spec, net_id)) for net_id, net in controlnets)

@@ -89,11 +89,7 @@ def build_unet_backend(
     trt = import_tensorrt()
     styles = styles or StyleInputs()
     added = added_input_widths(unet)
-    if sum((bool(added), extras is not None, bool(styles.buffers()))) > 1:
-        raise DreamwireError(
-            "under stream.acceleration tensorrt an engine takes one of SDXL's added conditioning, the feature bank "
-            "or LoRAs/IP-Adapter inputs at a time for now: use compile or none for this combination"
-        )
+    check_engine_inputs(unet, extras, styles)
     side = spec.opt_size // LATENT_FACTOR
     export: Export | None = None
     if extras is not None:
@@ -118,6 +114,28 @@ def build_unet_backend(
         extras,
         styles.buffers(),
     )
+
+
+def check_engine_inputs(
+    unet: torch.nn.Module, extras: EngineExtras | None, styles: StyleInputs | None, controlnets: bool = False
+) -> None:
+    """One engine graph takes one kind of input beyond sample, timestep and text for now: SDXL's added
+    conditioning, the feature bank's I/O, the LoRA/IP-Adapter inputs or the ControlNets' residuals."""
+    kinds = [
+        kind
+        for kind, present in (
+            ("SDXL's added conditioning", bool(added_input_widths(unet))),
+            ("the feature bank", extras is not None),
+            ("LoRAs or the IP-Adapter", styles is not None and bool(styles.buffers())),
+            ("ControlNets", controlnets),
+        )
+        if present
+    ]
+    if len(kinds) > 1:
+        raise DreamwireError(
+            f"under stream.acceleration tensorrt one engine takes one of these at a time for now, not "
+            f"{' and '.join(kinds)}: use compile or none for this combination"
+        )
 
 
 def wrap_engine(kind: type[TensorRTUNet], trt: ModuleType, serialized: bytes, path: Path, key: str, *args: Any) -> Any:
