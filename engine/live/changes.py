@@ -51,7 +51,7 @@ class Changes:
             "processor": self._set_processor,
             "feature_bank": self._set_feature_bank,
             "lora": self._set_lora,
-            "ip_adapter": self._set_ip_adapter,
+            "ip_adapter": self._set_number,  # ip_adapter.scale: its device scalar
             "rebuild": rebuilds.request,
         }
 
@@ -108,9 +108,11 @@ class Changes:
         return failed
 
     def _set_number(self, control: SetValue) -> None:
-        """guidance, delta: at once or over the duration."""
+        """A number a transition can move, at once or over the duration: guidance, delta (by their apply name), a
+        processor's number, a LoRA's weight, the IP-Adapter's scale (by path: engine/live/targets.py MORPHS)."""
         now = self._now
-        now.move(spec_of(control.path).apply, float(control.value), control)
+        key = control.path if control.path in MORPHS else spec_of(control.path).apply
+        now.move(key, float(control.value), control)
         now.store(control)
         now.events.applied(control, control.value)
 
@@ -164,11 +166,11 @@ class Changes:
     def _set_processor(self, control: SetValue) -> None:
         """processors.<stage>.<i>.enabled or .<param>: into the running processor, in place; a number at once or
         over the duration."""
-        now = self._now
         if control.path in MORPHS:
-            now.move(control.path, float(control.value), control)
-        else:
-            now.pipeline.set_processor(*item_path(control.path), control.value)
+            self._set_number(control)
+            return
+        now = self._now
+        now.pipeline.set_processor(*item_path(control.path), control.value)
         now.store(control)
         now.events.applied(control, control.value)
 
@@ -194,16 +196,7 @@ class Changes:
                 raise DreamwireError(f"LFO on {control.path}: the LoRA is fused (fuse: true bakes its weight in)")
             self._rebuilds.request(control)
             return
-        now.move(control.path, float(control.value), control)
-        now.store(control)
-        now.events.applied(control, control.value)
-
-    def _set_ip_adapter(self, control: SetValue) -> None:
-        """ip_adapter.scale: written into its device scalar, at once or over the duration."""
-        now = self._now
-        now.move(control.path, float(control.value), control)
-        now.store(control)
-        now.events.applied(control, control.value)
+        self._set_number(control)
 
     def _set_source(self, control: SetValue) -> None:
         self._io.swap_source(control.bridges[0], control.value)
