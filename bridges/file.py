@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class FileSource:
-    """Reads a clip; paced drift-free at `fps` (None or 0 = as fast as the reader asks); `loop` restarts at the end."""
+    """Reads a clip; paced drift-free at `fps` (None or 0: unpaced, one frame per frame read, bridges/pacing.py);
+    `loop` restarts at the end."""
 
     def __init__(self, path: str | os.PathLike[str], fps: float | None = None, loop: bool = False) -> None:
         self.pacer = Pacer(fps, "file source")

@@ -34,3 +34,10 @@ class Pacer:
             time.sleep(due - now)
         elif now - due > STALL_RESTART_S:
             self.restart(index)
+
+
+def paced_by_reader(source: object) -> bool:
+    """True for a source with no rate of its own (pattern or file at fps=0): its worker reads the next frame only
+    once the last one has been read, so an unpaced source runs at its reader's rate instead of spinning a core."""
+    pacer = getattr(source, "pacer", None)
+    return isinstance(pacer, Pacer) and not pacer.fps

@@ -54,7 +54,7 @@ def pattern_image(index: int, width: int, height: int) -> np.ndarray:
 
 
 class PatternSource:
-    """Source of pattern_image frames at `fps` (0 = unpaced, as fast as the reader asks)."""
+    """Source of pattern_image frames at `fps` (0: unpaced, one frame per frame read, bridges/pacing.py)."""
 
     def __init__(self, width: int = 512, height: int = 512, fps: float = 30.0, name: str = "pattern") -> None:
         if width < 8 or height < 8:

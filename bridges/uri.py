@@ -1,6 +1,6 @@
 """Build Sources and Sinks from URIs: `scheme:path?key=value&...`.
 
-    pattern:?width=512&height=512&fps=30     moving test pattern (fps=0: unpaced)
+    pattern:?width=512&height=512&fps=30     moving test pattern (fps=0: unpaced, at its reader's pace)
     file:clip.mp4?fps=30&loop=1              clip as source (.npy, video, image folder); as sink: file:out.npy?fps=30
     preview:?port=8765&host=127.0.0.1        the control page and MJPEG stream for a browser (sink only)
     spout:NAME syphon:NAME ndi:NAME shm:NAME camera:0

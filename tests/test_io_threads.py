@@ -156,6 +156,17 @@ def test_stop_closes_a_file_sink_and_writes_the_last_frame(tmp_path):
     np.testing.assert_allclose(stored[-1], pattern_image(4, 16, 16) / 255.0, atol=1e-6)
 
 
+def _read_until(slot: LatestFrameSlot[Frame], done, timeout: float = 5.0) -> list[Frame]:
+    """Take frames from `slot` as the engine does until done() (or the timeout): an unpaced source makes a frame
+    each time its last one is read."""
+    taken, deadline = [], time.perf_counter() + timeout
+    while not done() and time.perf_counter() < deadline:
+        frame = slot.get(timeout=0.05)
+        if frame is not None:
+            taken.append(frame)
+    return taken
+
+
 def test_source_worker_reads_a_clip_to_the_end(tmp_path):
     path = tmp_path / "clip.npy"
     with ClipWriter(path) as writer:
@@ -164,12 +175,34 @@ def test_source_worker_reads_a_clip_to_the_end(tmp_path):
     slot: LatestFrameSlot[Frame] = LatestFrameSlot()
     worker = SourceWorker(FileSource(path), slot)
     worker.start()
-    assert worker.finished.wait(2.0)
+    taken = _read_until(slot, worker.finished.is_set)
+    assert worker.finished.is_set()
     assert worker.stop(timeout=1.0)
-    assert worker.frames == 5
-    last = slot.peek_latest()
-    assert last is not None and last.index == 4
-    assert np.array_equal(last.image, pattern_image(4, 16, 16))
+    # Unpaced, the clip goes at its reader's pace: every frame in order, none dropped (it used to be read through
+    # at once, spinning a core, and the reader saw only the newest).
+    assert [frame.index for frame in taken] == [0, 1, 2, 3, 4] and slot.dropped == 0
+    assert np.array_equal(taken[-1].image, pattern_image(4, 16, 16))
+
+
+def test_an_unpaced_source_makes_a_frame_per_read_for_either_kind_of_reader():
+    # The engine takes with get(): every frame made is taken, none dropped, at most one made ahead.
+    slot: LatestFrameSlot[Frame] = LatestFrameSlot()
+    worker = SourceWorker(PatternSource(width=8, height=8, fps=0), slot, supervisor=Supervisor())
+    worker.start()
+    taken = _read_until(slot, lambda: worker.frames >= 30)
+    assert worker.stop(timeout=1.0)
+    assert len(taken) >= 29 and worker.frames <= len(taken) + 1 and slot.dropped == 0
+    # The ControlNet and image-prompt sources' readers keep their own mark (wait_newer, latest): each look lets
+    # the next frame be made, so those sources go on too, one frame per look.
+    slot = LatestFrameSlot()
+    worker = SourceWorker(PatternSource(width=8, height=8, fps=0), slot, supervisor=Supervisor())
+    worker.start()
+    seen = 0
+    for _ in range(10):
+        newer = slot.wait_newer(seen, timeout=5.0)
+        assert newer is not None and newer[0] == seen + 1 and worker.frames <= newer[0] + 1
+        seen = newer[0]
+    assert worker.stop(timeout=1.0)
 
 
 class FlakySource(PatternSource):
@@ -188,9 +221,7 @@ def test_source_worker_recovers_from_a_read_error(caplog):
     slot: LatestFrameSlot[Frame] = LatestFrameSlot()
     worker = SourceWorker(FlakySource(), slot, backoff_start=0.005)
     worker.start()
-    deadline = time.perf_counter() + 2.0
-    while worker.frames < 20 and time.perf_counter() < deadline:
-        time.sleep(0.005)
+    _read_until(slot, lambda: worker.frames >= 20, timeout=2.0)
     assert worker.stop(timeout=1.0)
     assert worker.frames >= 20 and worker.errors == 1 and worker.restarts == 1
     assert len(_warnings(caplog, "source flaky-pattern: read failed (OSError: camera unplugged)")) == 1
@@ -222,9 +253,7 @@ def test_a_worker_thread_that_dies_is_logged_restarted_and_counted(caplog):
     worker = SourceWorker(BuggySource(), slot, backoff_start=0.005, supervisor=supervisor)
     with caplog.at_level(logging.DEBUG, logger="engine.core.supervisor"):
         worker.start()
-        deadline = time.perf_counter() + 5.0
-        while worker.frames < 20 and time.perf_counter() < deadline:
-            time.sleep(0.005)
+        _read_until(slot, lambda: worker.frames >= 20)
         snapshot = supervisor.snapshot()
         assert worker.alive
         assert worker.stop(timeout=1.0)
@@ -257,8 +286,7 @@ def test_source_state_names_why_there_is_no_picture():
     assert worker.state == "waiting for camera:9: camera 9 could not be opened; no camera found"
     healthy = SourceWorker(FlakySource(), slot, backoff_start=0.005, supervisor=Supervisor())
     healthy.start()
-    while healthy.frames < 5 and time.perf_counter() < deadline:  # its 3rd read fails, then it recovers
-        time.sleep(0.005)
+    _read_until(slot, lambda: healthy.frames >= 5, timeout=2.0)  # its 3rd read fails, then it recovers
     assert healthy.state == "ok" and healthy.errors == 1
     assert healthy.stop(timeout=1.0)
 

@@ -59,3 +59,18 @@ def test_close_wakes_a_waiter_and_ignores_later_puts():
     slot.put(1)
     assert slot.get(timeout=0) is None
     assert slot.closed
+
+
+def test_wait_read_says_whether_the_newest_item_was_handed_to_a_reader():
+    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    assert slot.wait_read(timeout=0)  # nothing put yet: a producer may make the first
+    slot.put(1)
+    assert not slot.wait_read(timeout=0)
+    assert slot.get(timeout=0) == 1 and slot.wait_read(timeout=0)
+    slot.put(2)
+    assert slot.latest() == (2, 2) and slot.wait_read(timeout=0)  # a reader that keeps its own mark counts
+    slot.put(3)
+    assert slot.wait_newer(2, timeout=0) == (3, 3) and slot.wait_read(timeout=0)
+    slot.put(4)
+    slot.close()
+    assert slot.wait_read(timeout=0)  # closed: nothing to wait for

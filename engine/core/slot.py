@@ -11,7 +11,9 @@ T = TypeVar("T")
 class LatestFrameSlot(Generic[T]):
     """Holds the newest item; `put` overwrites, `get` waits for something newer than what it last took.
 
-    Any number of producers and one consumer (several consumers would share the "taken" mark).
+    Any number of producers and one consumer (several consumers would share the "taken" mark). Readers that keep
+    their own mark (latest, wait_newer) do not take; every reader marks the newest item as read, which is what a
+    producer with no rate of its own waits for (wait_read).
     """
 
     def __init__(self) -> None:
@@ -19,6 +21,7 @@ class LatestFrameSlot(Generic[T]):
         self._item: T | None = None
         self._seq = 0  # number of items ever put; the newest item has this sequence number
         self._taken = 0  # sequence number of the last item handed out by get()
+        self._read = 0  # sequence number of the newest item any reader was handed
         self._dropped = 0
         self._closed = False
         self._woken = False  # wake() was called: the consumer's get() returns None once
@@ -45,6 +48,7 @@ class LatestFrameSlot(Generic[T]):
                 self._woken = False
                 return None
             self._taken = self._seq  # a newer item wins over a wake, which stays for the next get()
+            self._mark_read()
             return self._item
 
     def wake(self) -> None:
@@ -66,12 +70,26 @@ class LatestFrameSlot(Generic[T]):
             self._cond.wait_for(lambda: self._closed or self._seq > after, timeout)
             if self._closed or self._seq <= after:
                 return None
+            self._mark_read()
             return self._seq, self._item  # type: ignore[return-value]  # _seq > 0: an item was put
 
     def latest(self) -> tuple[int, T | None]:
         """(sequence number, newest item), without taking it; (0, None) before the first put."""
         with self._cond:
+            self._mark_read()
             return self._seq, self._item
+
+    def wait_read(self, timeout: float | None = None) -> bool:
+        """Block until a reader has been handed the newest item (or nothing was put yet, or the slot is closed);
+        False on timeout. A producer with no rate of its own makes its next item then: as fast as it is read."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._closed or self._read >= self._seq, timeout)
+
+    def _mark_read(self) -> None:
+        """Under the lock: the newest item was handed to a reader (wakes a producer in wait_read)."""
+        if self._read < self._seq:
+            self._read = self._seq
+            self._cond.notify_all()
 
     def peek_latest(self) -> T | None:
         """The newest item ever put (taken or not), without consuming it; None if nothing was put yet."""

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bridges.base import Sink, Source
+from bridges.pacing import paced_by_reader
 from bridges.pixels import FrameConformer
 from engine.core.errors import DreamwireError
 from engine.core.frames import Frame
@@ -37,6 +38,8 @@ from engine.core.slot import LatestFrameSlot
 from engine.core.supervisor import SupervisedThread, Supervisor, default_supervisor, one_line
 
 log = logging.getLogger(__name__)
+
+STOP_POLL = 0.1  # s: how often a source waiting for its reader looks at stop()
 
 
 class _BridgeWorker:
@@ -209,6 +212,7 @@ class SourceWorker(_BridgeWorker):
         self._on_frame = on_frame or _ignore
         self._derive = derive  # the conformed frame → control images made on this thread (source_controls.py)
         self.finished = threading.Event()
+        self._paced_by_reader = paced_by_reader(source)
 
     @property
     def state(self) -> str:
@@ -222,6 +226,8 @@ class SourceWorker(_BridgeWorker):
         return f"{'lost' if self._frames else 'waiting for'} {self._source.name}{reason}"
 
     def _step(self) -> bool:
+        if self._paced_by_reader and not self._slot.wait_read(timeout=STOP_POLL):
+            return True  # nobody read the last frame yet: look at stop() again, then wait on
         self._op = "read"
         frame = self._source.read()
         if frame is None:
