@@ -150,7 +150,7 @@ def test_live_outputs_hold_the_last_good_frame_through_the_warm_up(engine):
     expected: list[np.ndarray] = []  # what process() gives: render's order, warm-up frames included
 
     def send(k: int, twin_too: bool = True) -> np.ndarray:
-        frame = Frame(images[k], k, time.perf_counter())
+        frame = Frame(images[k % len(images)], k, time.perf_counter())  # frames sent while it rebuilds: any number
         source.feed(frame)
         deadline = time.perf_counter() + 10.0
         while not live.step():  # the source thread had not put it in the slot yet (a loaded machine)
