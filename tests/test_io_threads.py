@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -156,10 +157,11 @@ def test_stop_closes_a_file_sink_and_writes_the_last_frame(tmp_path):
     np.testing.assert_allclose(stored[-1], pattern_image(4, 16, 16) / 255.0, atol=1e-6)
 
 
-def _read_until(slot: LatestFrameSlot[Frame], done, timeout: float = 5.0) -> list[Frame]:
+def _read_until(slot: LatestFrameSlot[Frame], done: Callable[[], bool], timeout: float = 5.0) -> list[Frame]:
     """Take frames from `slot` as the engine does until done() (or the timeout): an unpaced source makes a frame
     each time its last one is read."""
-    taken, deadline = [], time.perf_counter() + timeout
+    taken: list[Frame] = []
+    deadline = time.perf_counter() + timeout
     while not done() and time.perf_counter() < deadline:
         frame = slot.get(timeout=0.05)
         if frame is not None:
