@@ -98,6 +98,30 @@ def test_sigterm_stops_cleanly_and_the_file_is_complete(tmp_path):
     assert "stopped after" in rest
 
 
+def test_run_takes_every_frame_of_an_unpaced_clip_and_ends_with_it(tmp_path):
+    """`--input file:clip.npy` without fps: the clip goes at the engine's pace, every frame in, every frame out (the
+    source used to read it through at once while the engine took one frame, and the run ended after 1 frame)."""
+    from bridges.clip_io import ClipWriter
+    from bridges.pattern import pattern_image
+
+    clip, out = tmp_path / "clip.npy", tmp_path / "out.npy"
+    with ClipWriter(clip) as writer:
+        for i in range(12):
+            writer.write(pattern_image(i, 64, 64))
+    sizes = ["--set", "stream.width=64", "--set", "stream.height=64", "--set", "osc.enabled=false"]
+    command = [sys.executable, "-m", "engine.commands.cli", "run", "--preset", "offline-demo", *sizes]
+    done = subprocess.run(
+        [*command, "--input", f"file:{clip}", "--output", f"file:{out}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.getcwd(),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "end of stream after 12 frames" in done.stderr and "stopped after 12 frames" in done.stderr
+    assert np.load(out).shape == (12, 64, 64, 3)
+
+
 class SlowerThanTheEngineSink(CountingSink):
     """Each write lasts until the engine has made 3 more frames (or the run's `frames` are done; 60 s at most, so
     an engine paced by this sink fails instead of hanging): slower than the engine however loaded the machine
