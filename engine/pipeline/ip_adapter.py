@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +210,7 @@ class ImagePromptUNet:
 
     def __init__(self, inner: UNetBackend, tokens: torch.Tensor, joined: bool = True) -> None:
         self.inner, self.tokens = inner, tokens
-        self._call = self._joined if joined else self._text_only  # chosen once
+        self._call: Callable[..., torch.Tensor] = self._joined if joined else inner  # chosen once
 
     def set_tokens(self, tokens: torch.Tensor) -> None:
         """New image tokens [1, T, D] for every row, in place (between two steps: no flash, no re-capture)."""
@@ -225,16 +226,6 @@ class ImagePromptUNet:
     ) -> torch.Tensor:
         # added: SDXL's added conditioning (added=...), passed on
         return self._call(x, t, embeddings, residuals, **added)
-
-    def _text_only(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        embeddings: torch.Tensor,
-        residuals: Residuals | None = None,
-        **added: Any,
-    ) -> torch.Tensor:
-        return self.inner(x, t, embeddings, residuals, **added)
 
     def _joined(
         self,
